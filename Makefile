@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each (re)creates .venv and installs
+# the project with its test extras first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+
+.PHONY: install demo test ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m qaic_assets.demo
+
+test: install
+	$(PY) -m pytest -q
+
+ui: install
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+clean:
+	rm -rf artifacts dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

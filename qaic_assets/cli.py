@@ -1,0 +1,171 @@
+"""`qaic-assets`: plan (dry run of the exact commands), lineage, register."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qaic_assets import recipes
+from qaic_assets.config import ConfigError, load_config
+from qaic_assets.plan import plan_target
+from qaic_assets.sdk import SdkError, select_backend
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit code 2, message lists the valid values."""
+
+
+class CommandError(Exception):
+    """The command could not do its work: exit code 1, message names the thing and the fix."""
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _choose(kind: str, given: list[str], valid: list, convert=str) -> list:
+    chosen = []
+    for item in given:
+        try:
+            value = convert(item)
+        except ValueError:
+            value = None
+        if value is None or value not in valid:
+            raise UsageError(f"unknown {kind} {item!r}; valid: {', '.join(map(str, valid))}")
+        chosen.append(value)
+    return chosen
+
+
+def _positive_ints(kind: str, given: list[str]) -> list[int]:
+    if not all(v.isdigit() and int(v) > 0 for v in given):
+        raise UsageError(f"{kind} must be positive integers, got {','.join(given)}")
+    return [int(v) for v in given]
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    models = _choose("model", _csv(args.model), config.model_names)
+    scenarios = _choose("scenario", _csv(args.scenario), recipes.valid_scenarios())
+    nsps = _choose("nsp", _csv(args.nsp), recipes.valid_nsp(), convert=int)
+    batches = _positive_ints("batch", _csv(args.batch))
+    backend = select_backend(config.backend, config.sdk_root, require=False)
+    plans = [
+        plan_target(config, backend, m, s, n, b,
+                    quantize=False if args.no_quantize else None, percentile=args.percentile)
+        for m in models for s in scenarios for n in nsps for b in batches
+    ]
+    if args.json:
+        json.dump([p.to_json() for p in plans], sys.stdout, indent=2)
+        print()
+        return 0
+    for p in plans:
+        print(f"# {p.model} {p.scenario} nsp{p.nsp} bs{p.batch} (backend {p.backend})")
+        if p.calibrate:
+            print(f"(cd {p.calibrate.cwd} && {' '.join(p.calibrate.argv)})")
+        print(f"(cd {p.compile.cwd} && {' '.join(p.compile.argv)})")
+        for missing in p.missing:
+            print(f"#   missing input: {missing}")
+    return 0
+
+
+def _partition(config, model: str, key: str) -> tuple[int, str, int]:
+    from qaic_assets.config import parse_batch_key, parse_target_key
+
+    matrix = config.matrix_of(model)
+    batch, _, target = key.partition("|")
+    if batch not in matrix.batch_keys or target not in matrix.targets:
+        raise UsageError(
+            f"unknown partition {key!r} of {model}/compiled_binary; valid: "
+            + ", ".join(f"{b}|{t}" for b in matrix.batch_keys for t in matrix.targets)
+        )
+    scenario, nsp = parse_target_key(target)
+    return parse_batch_key(batch), scenario, nsp
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from qaic_assets.lineage import lineage
+
+    config = load_config(args.config)
+    _choose("model", [args.model], config.model_names)
+    _partition(config, args.model, args.partition)
+    with dg.DagsterInstance.get() as instance:
+        chain = lineage(instance, args.model, args.partition)
+    if args.json:
+        print(json.dumps(chain, indent=2, default=str))
+        return 0 if chain["binary"] else 1
+    for step in ("model", "profile", "binary"):
+        info = chain[step]
+        print(f"{step}:")
+        if not info:
+            print("  (not materialized)")
+            continue
+        for key, value in info.items():
+            print(f"  {key}: {' '.join(value) if isinstance(value, list) else value}")
+    return 0 if chain["binary"] else 1
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from qaic_assets.lineage import RegisterError, register_binary
+
+    config = load_config(args.config)
+    _choose("model", [args.model], config.model_names)
+    batch, scenario, nsp = _partition(config, args.model, args.partition)
+    with dg.DagsterInstance.get() as instance:
+        try:
+            info = register_binary(config, instance, args.model, batch, scenario, nsp, Path(args.source))
+        except RegisterError as exc:
+            raise CommandError(str(exc)) from exc
+    print(f"registered {args.model}/compiled_binary {args.partition}: {info['path']} sha256 {info['sha256']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qaic-assets", description=__doc__)
+    parser.add_argument("--config", help="config YAML (default: $QAIC_ASSETS_CONFIG or the packaged default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="print the exact commands a materialization would run (dry run)")
+    plan.add_argument("--model", required=True, help="model name(s), comma-separated")
+    plan.add_argument("--scenario", default="singlestream", help="offline,server,singlestream,multistream")
+    plan.add_argument("--nsp", default="14", help="NSP count(s), comma-separated")
+    plan.add_argument("--batch", default="1", help="batch size(s), comma-separated")
+    plan.add_argument("--no-quantize", action="store_true", help="fp16 compile, no calibration")
+    plan.add_argument("--percentile", type=float, help="percentile calibration value, e.g. 99.99")
+    plan.add_argument("--json", action="store_true", help="print a JSON list, one object per target")
+    plan.set_defaults(func=cmd_plan)
+
+    lin = sub.add_parser("lineage", help="model sha256 -> profile -> binary of one compiled partition")
+    lin.add_argument("--model", required=True)
+    lin.add_argument("--partition", required=True, help="compiled_binary partition, e.g. 'bs8|offline-nsp14'")
+    lin.add_argument("--json", action="store_true")
+    lin.set_defaults(func=cmd_lineage)
+
+    reg = sub.add_parser("register", help="import a prebuilt binary directory as a materialization")
+    reg.add_argument("--model", required=True)
+    reg.add_argument("--partition", required=True, help="compiled_binary partition, e.g. 'bs8|offline-nsp14'")
+    reg.add_argument("--from", dest="source", required=True, help="directory holding the prebuilt binary")
+    reg.set_defaults(func=cmd_register)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"qaic-assets {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (ConfigError, SdkError, CommandError) as exc:
+        print(f"qaic-assets {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The main job behind `make demo`: materialize the whole matrix in the local Dagster instance.
+
+Runs, in order: observe `qaic_sdk`; `source_models`; one calibration run per batch partition; one
+compile run per (batch, target) partition. Each run executes its steps in parallel (multiprocess
+executor) within the `qaic_compile` pool, and is recorded in the instance, so the UI
+(`make ui`) shows the same materializations afterwards. Ends with a table of what was built.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import dagster as dg
+
+from qaic_assets.assets import ACCURACY_CHECK_NAME, binary_key
+from qaic_assets.config import Config, load_config
+
+
+def job_for(name: str) -> dg.JobDefinition:
+    """Reconstructor for step subprocesses: the named job of the project's definitions."""
+    from qaic_assets.definitions import defs
+
+    return defs.resolve_job_def(name)
+
+
+def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = None,
+            max_concurrent: int = 2) -> dg.ExecuteJobResult:
+    tags = {"dagster/partition": partition} if partition else {}
+    if partition and "|" in partition:
+        from dagster._core.storage.tags import get_multidimensional_partition_tag
+
+        batch, target = partition.split("|")
+        tags |= {get_multidimensional_partition_tag("batch"): batch,
+                 get_multidimensional_partition_tag("target"): target}
+    job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
+    config = {"execution": {"config": {"multiprocess": {"max_concurrent": max_concurrent}}}}
+    with dg.execute_job(job, instance=instance, run_config=config, tags=tags) as result:
+        return result
+
+
+def materialize_matrix(config: Config, instance: dg.DagsterInstance) -> list[tuple[str, str | None, bool]]:
+    """Every run of the default matrix, in dependency order; returns (job, partition, success)."""
+    from qaic_assets.definitions import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
+
+    runs: list[tuple[str, str | None]] = [(OBSERVE_JOB, None), (SOURCES_JOB, None)]
+    groups: dict[tuple[str, str], str] = {}
+    for model, jobs in matrix_jobs(config).items():
+        groups.setdefault(jobs, model)
+    for (calib_job, compile_job), model in groups.items():
+        matrix = config.matrix_of(model)
+        if any(config.model(m).quantize for m, j in matrix_jobs(config).items() if j[0] == calib_job):
+            runs += [(calib_job, b) for b in matrix.batch_keys]
+        runs += [(compile_job, f"{b}|{t}") for b in matrix.batch_keys for t in matrix.targets]
+    outcomes = []
+    for name, partition in runs:
+        started = time.monotonic()
+        result = run_job(instance, name, partition)
+        label = f"{name} {partition or ''}".strip()
+        print(f"[{'ok' if result.success else 'FAILED'}] {label} ({time.monotonic() - started:.1f}s)",
+              flush=True)
+        outcomes.append((name, partition, result.success))
+    return outcomes
+
+
+def built_table(config: Config, instance: dg.DagsterInstance) -> list[dict]:
+    """The latest materialization of every compiled partition, read back from the instance."""
+    rows = []
+    for model in config.model_names:
+        key = binary_key(model)
+        matrix = config.matrix_of(model)
+        for b in matrix.batch_keys:
+            for t in matrix.targets:
+                partition = f"{b}|{t}"
+                records = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+                ).records
+                if not records:
+                    rows.append({"model": model, "partition": partition, "status": "missing"})
+                    continue
+                meta = records[0].asset_materialization.metadata
+                check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                    [dg.AssetCheckKey(key, ACCURACY_CHECK_NAME)]
+                ).get(dg.AssetCheckKey(key, ACCURACY_CHECK_NAME))
+                rows.append({
+                    "model": model, "partition": partition, "status": "built",
+                    "size_mb": meta["size_bytes"].value / 2**20,
+                    "compile_s": meta["duration_s"].value,
+                    "sha256": meta["sha256"].value[:12],
+                    "backend": meta["backend"].value,
+                    "check": check.status.value if check else "-",
+                })
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'model':<10} {'partition':<22} {'backend':<7} {'size MB':>8} {'compile s':>9} "
+          f"{'sha256':<12}  check")
+    for r in rows:
+        if r["status"] != "built":
+            print(f"{r['model']:<10} {r['partition']:<22} {'missing'}")
+            continue
+        print(f"{r['model']:<10} {r['partition']:<22} {r['backend']:<7} {r['size_mb']:>8.2f} "
+              f"{r['compile_s']:>9.2f} {r['sha256']:<12}  {r['check']}")
+
+
+def main() -> int:
+    config = load_config()
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        outcomes = materialize_matrix(config, instance)
+        rows = built_table(config, instance)
+    print_table(rows)
+    failed = [f"{n} {p or ''}" for n, p, ok in outcomes if not ok]
+    print(f"\n{sum(r['status'] == 'built' for r in rows)}/{len(rows)} compiled binaries in "
+          f"{time.monotonic() - started:.0f}s; artifacts under {config.storage_root}; "
+          "see them in the UI with `make ui`.")
+    if failed:
+        print("failed runs: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

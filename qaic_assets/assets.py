@@ -305,7 +305,7 @@ def build_model_assets(config: Config, model: str, automation_condition=None) ->
         if check_specs:
             from qaic_assets.checks import accuracy_check
 
-            check_results = [accuracy_check(config, model, source.path, binary, batch)]
+            check_results = [accuracy_check(config, model, command.argv, binary, batch)]
         return dg.MaterializeResult(
             metadata={
                 **_run_metadata(command, result, backend), **metadata,

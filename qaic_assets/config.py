@@ -121,6 +121,7 @@ class ModelConfig(_Strict):
     matrix: Matrix | None = None
     quantize: bool = True
     percentile: float | None = Field(default=None, gt=0, le=100)
+    accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _calibration_source(self) -> ModelConfig:

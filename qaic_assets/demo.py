@@ -34,7 +34,8 @@ def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = Non
         tags |= {get_multidimensional_partition_tag("batch"): batch,
                  get_multidimensional_partition_tag("target"): target}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
-    config = {"execution": {"config": {"multiprocess": {"max_concurrent": max_concurrent}}}}
+    config = {"execution": {"config": {"multiprocess": {"max_concurrent": max_concurrent}}},
+              "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     with dg.execute_job(job, instance=instance, run_config=config, tags=tags) as result:
         return result
 

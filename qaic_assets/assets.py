@@ -19,10 +19,11 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from qaic_assets import recipes
-from qaic_assets.calibration_inputs import prepare_batched_inputs
+from qaic_assets.calibration_inputs import prepare_batched_inputs, selection_sha256
 from qaic_assets.config import Config, parse_batch_key, parse_target_key
 from qaic_assets.plan import (
     BATCHED_LIST_FILE,
+    PROFILE_FILE,
     Command,
     calibrate_command,
     calibration_dir,
@@ -31,6 +32,7 @@ from qaic_assets.plan import (
 )
 from qaic_assets.rawdata import sample_nbytes
 from qaic_assets.runner import (
+    MANIFEST_NAME,
     CompilerError,
     RunResult,
     atomic_output_dir,
@@ -75,19 +77,6 @@ def _code_version(config: Config, model: str, *parts: object) -> str:
     matrix = config.matrix_of(model)
     recipe = recipes.recipe_code_version(config.recipe_of(model), matrix.scenarios, matrix.nsp)
     return hashlib.sha256(json.dumps([recipe, *parts], default=str).encode()).hexdigest()[:16]
-
-
-def _run_metadata(command: Command, result: RunResult, backend: Backend) -> dict:
-    return {
-        "command": dg.MetadataValue.text(" ".join(command.argv)),
-        "argv": dg.MetadataValue.json(command.argv),
-        "backend": backend.name,
-        "sdk_version": backend.version,
-        "duration_s": round(result.duration_s, 3),
-        "peak_rss_mb": round(result.peak_rss_bytes / 2**20, 1),
-        "log_tail": dg.MetadataValue.md("```\n" + "\n".join(result.log_tail[-20:]) + "\n```"),
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
-    }
 
 
 def _run(context: AssetExecutionContext, command: Command, cwd: Path, config: Config) -> RunResult:
@@ -138,6 +127,102 @@ def _sample_sizes(description: dict, argv: list[str]) -> list[int]:
     return sizes
 
 
+class BuildOptions(dg.Config):
+    """Run config of the calibrate/compile ops (launchpad: `force: true` to bypass the cache)."""
+
+    force: bool = False
+
+
+def _cache_key(command: Command, backend: Backend, inputs: dict) -> str:
+    """Same argv, same compiler version, same input bytes: same output."""
+    blob = json.dumps({"argv": command.argv, "compiler": [backend.name, backend.version], "inputs": inputs},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_manifest(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _cached(command: Command, key: str) -> dict | None:
+    """The stored manifest when it has this key and its output still has the recorded sha256."""
+    manifest = _read_manifest(command.cwd)
+    output = command.cwd / command.output
+    if manifest and manifest.get("cache_key") == key and output.is_file() \
+            and sha256_file(output) == manifest["output"]["sha256"]:
+        return manifest
+    return None
+
+
+def _build(context, project: Config, backend: Backend, command: Command, inputs: dict, force: bool,
+           prepare=None, cleanup=None) -> tuple[dict, bool]:
+    """Run `command` in a temporary dir renamed into place, unless the cache already holds its output.
+    Returns (manifest, cached)."""
+    key = _cache_key(command, backend, inputs)
+    if not force and (manifest := _cached(command, key)):
+        context.log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
+        return manifest, True
+    clean_stale_temps(command.cwd.parent, command.cwd.name)
+    with atomic_output_dir(command.cwd, [command.output]) as tmp:
+        try:
+            extra = prepare(tmp) if prepare else {}
+        except ValueError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        result = _run(context, command, tmp, project)
+        output = _output(tmp, command)
+        if cleanup:
+            cleanup(tmp)
+        manifest = {
+            "kind": context.assets_def.key.path[-1], "model": context.assets_def.key.path[0],
+            "partition": str(context.partition_key), "cache_key": key,
+            "argv": command.argv, "cwd": str(command.cwd), "backend": backend.name,
+            "sdk_version": backend.version, "inputs": inputs,
+            "output": {"path": str(command.cwd / command.output), "sha256": sha256_file(output),
+                       "size_bytes": output.stat().st_size},
+            "run_id": context.run.run_id, "duration_s": round(result.duration_s, 3),
+            "peak_rss_bytes": result.peak_rss_bytes, "log_tail": result.log_tail[-20:],
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "created_at": time.time(), "extra": extra,
+        }
+        write_manifest(tmp, manifest)
+    return manifest, False
+
+
+def _metadata(manifest: dict, cached: bool) -> dict:
+    """Materialization metadata from the manifest (numbers as numbers, so the UI plots them)."""
+    output = manifest["output"]
+    return {
+        "command": dg.MetadataValue.text(" ".join(manifest["argv"])),
+        "argv": dg.MetadataValue.json(manifest["argv"]),
+        "backend": manifest["backend"],
+        "sdk_version": manifest["sdk_version"],
+        "path": dg.MetadataValue.path(output["path"]),
+        "sha256": output["sha256"],
+        "size_bytes": output["size_bytes"],
+        "duration_s": float(manifest["duration_s"]),
+        "peak_rss_mb": round(manifest["peak_rss_bytes"] / 2**20, 1),
+        "log_tail": dg.MetadataValue.md("```\n" + "\n".join(manifest["log_tail"]) + "\n```"),
+        "worker": manifest["worker"],
+        "cached": cached,
+        "built_by_run": manifest["run_id"],
+    }
+
+
+def _upgrade_report(before: dict, after: dict) -> dict:
+    """What an SDK upgrade changed for this partition: visible as metadata and in `lineage`."""
+    size_before, size_after = before["output"]["size_bytes"], after["output"]["size_bytes"]
+    return {
+        "previous_sdk_version": before["sdk_version"],
+        "previous_size_bytes": size_before,
+        "previous_duration_s": float(before["duration_s"]),
+        "size_change_pct": round(100.0 * (size_after - size_before) / size_before, 2) if size_before else 0.0,
+        "duration_change_pct": round(100.0 * (after["duration_s"] - before["duration_s"]) / before["duration_s"], 2)
+        if before["duration_s"] else 0.0,
+    }
+
+
 def build_sdk_asset(config: Config, automation_condition=None) -> dg.SourceAsset:
     @dg.observable_source_asset(
         key=SDK_KEY,
@@ -156,20 +241,21 @@ def build_sdk_asset(config: Config, automation_condition=None) -> dg.SourceAsset
     return qaic_sdk
 
 
-def build_model_assets(config: Config, model: str, automation_condition=None) -> list[dg.AssetsDefinition]:
-    cfg = config.model(model)
+def build_model_assets(project: Config, model: str, automation_condition=None) -> list[dg.AssetsDefinition]:
+    """One model's assets. (`project` is the project config; `config` in an op is its run config.)"""
+    cfg = project.model(model)
     group = re.sub(r"[^A-Za-z0-9_]", "_", model)  # Dagster group names allow no '-' or '.'
-    backend_for_checks = select_backend(config.backend, config.sdk_root, require=False)
+    backend_for_checks = select_backend(project.backend, project.sdk_root, require=False)
 
     @dg.asset(
         key=source_key(model),
         group_name=group,
         kinds={"onnx"},
-        code_version=_code_version(config, model, cfg.source.model_dump(mode="json")),
+        code_version=_code_version(project, model, cfg.source.model_dump(mode="json")),
         description=f"The {model} model file, verified and described.",
     )
     def source_model(context: AssetExecutionContext) -> dg.MaterializeResult:
-        source = ensure_source(config, model)
+        source = ensure_source(project, model)
         desc = source.description
         metadata = {
             "path": dg.MetadataValue.path(str(source.path)),
@@ -193,66 +279,54 @@ def build_model_assets(config: Config, model: str, automation_condition=None) ->
             group_name=group,
             kinds={"yaml"},
             deps=[source_key(model), SDK_KEY],
-            partitions_def=batch_partitions(config, model),
+            partitions_def=batch_partitions(project, model),
             pool=POOL,
-            code_version=_code_version(config, model, cfg.calibration and cfg.calibration.model_dump(mode="json")),
+            code_version=_code_version(project, model, cfg.calibration and cfg.calibration.model_dump(mode="json")),
             automation_condition=automation_condition,
             description=f"qaic-exec -dump-profile over the batched {model} calibration set.",
         )
-        def calibration_profile(context: AssetExecutionContext) -> dg.MaterializeResult:
+        def calibration_profile(context: AssetExecutionContext, config: BuildOptions) -> dg.MaterializeResult:
             batch = parse_batch_key(context.partition_key)
-            backend = select_backend(config.backend, config.sdk_root)
-            command = calibrate_command(config, backend, model, batch)
-            inputs = model_inputs(config, model)
-            source = ensure_source(config, model)
-            _require(inputs.calibration_list, "calibration list", f"fix models.{model}.calibration.list")
-            calib = cfg.calibration
-            clean_stale_temps(command.cwd.parent, command.cwd.name)
-            with atomic_output_dir(command.cwd, [command.output]) as tmp:
-                try:
-                    batched = prepare_batched_inputs(
-                        inputs.calibration_list, batch, tmp,
-                        input_sizes=_sample_sizes(source.description, command.argv),
-                        first=calib.first if calib else None,
-                        filter_size=calib.filter_size if calib else None,
-                    )
-                except ValueError as exc:
-                    raise dg.Failure(description=str(exc)) from exc
-                result = _run(context, command, tmp, config)
-                profile_sha = sha256_file(_output(tmp, command))
-                # the batched copies served this run only; the manifest keeps their sha256
+            backend = select_backend(project.backend, project.sdk_root)
+            command = calibrate_command(project, backend, model, batch)
+            list_file = model_inputs(project, model).calibration_list
+            source = ensure_source(project, model)
+            _require(list_file, "calibration list", f"fix models.{model}.calibration.list")
+            subset = {"input_sizes": _sample_sizes(source.description, command.argv),
+                      "first": cfg.calibration.first if cfg.calibration else None,
+                      "filter_size": cfg.calibration.filter_size if cfg.calibration else None}
+            try:
+                selection = selection_sha256(list_file, **subset)
+            except ValueError as exc:
+                raise dg.Failure(description=str(exc)) from exc
+            inputs = {"model": {"path": str(source.path), "sha256": source.sha256},
+                      "calibration": {"list": str(list_file), "sha256": selection}}
+
+            def prepare(tmp: Path) -> dict:
+                batched = prepare_batched_inputs(list_file, batch, tmp, **subset)
+                return {"samples": batched.n_samples, "batches": batched.n_batches}
+
+            def cleanup(tmp: Path) -> None:  # the batched copies served this run only
                 shutil.rmtree(tmp / "raw", ignore_errors=True)
                 (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
-                write_manifest(tmp, {
-                    "kind": "calibration_profile", "model": model, "partition": context.partition_key,
-                    "argv": command.argv, "backend": backend.name, "sdk_version": backend.version,
-                    "inputs": {"model": {"path": str(source.path), "sha256": source.sha256},
-                               "calibration_list": str(inputs.calibration_list),
-                               "samples": batched.n_samples, "batched_sha256": batched.sha256},
-                    "output": {"path": str(command.cwd / command.output), "sha256": profile_sha},
-                    "run_id": context.run.run_id, "duration_s": result.duration_s,
-                    "peak_rss_bytes": result.peak_rss_bytes, "created_at": time.time(),
-                })
-            profile = command.cwd / command.output
+
+            manifest, cached = _build(context, project, backend, command, inputs, config.force,
+                                      prepare=prepare, cleanup=cleanup)
             return dg.MaterializeResult(
-                metadata={
-                    **_run_metadata(command, result, backend),
-                    "path": dg.MetadataValue.path(str(profile)),
-                    "sha256": profile_sha,
-                    "size_bytes": profile.stat().st_size,
+                metadata=_metadata(manifest, cached) | {
                     "model_sha256": source.sha256,
-                    "calibration_list": dg.MetadataValue.path(str(inputs.calibration_list)),
-                    "calibration_samples": batched.n_samples,
-                    "calibration_batches": batched.n_batches,
+                    "calibration_list": dg.MetadataValue.path(str(list_file)),
+                    "calibration_sha256": selection,
+                    "calibration_samples": manifest["extra"]["samples"],
+                    "calibration_batches": manifest["extra"]["batches"],
                 },
-                data_version=dg.DataVersion(profile_sha),
+                data_version=dg.DataVersion(manifest["output"]["sha256"]),
             )
 
         assets.append(calibration_profile)
         deps.append(dg.AssetDep(profile_key(model),
                                 partition_mapping=dg.MultiToSingleDimensionPartitionMapping("batch")))
 
-    parts = binary_partitions(config, model)
     check_specs = []
     if backend_for_checks.name == "cpu" and (cfg.heldout or cfg.source.standin):
         check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
@@ -263,58 +337,43 @@ def build_model_assets(config: Config, model: str, automation_condition=None) ->
         group_name=group,
         kinds={"qaic"},
         deps=deps,
-        partitions_def=parts,
+        partitions_def=binary_partitions(project, model),
         pool=POOL,
         check_specs=check_specs,
-        code_version=_code_version(config, model, cfg.quantize, cfg.percentile),
+        code_version=_code_version(project, model, cfg.quantize, cfg.percentile),
         automation_condition=automation_condition,
         description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
     )
-    def compiled_binary(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def compiled_binary(context: AssetExecutionContext, config: BuildOptions) -> dg.MaterializeResult:
         keys = context.partition_key.keys_by_dimension
         batch = parse_batch_key(keys["batch"])
         scenario, nsp = parse_target_key(keys["target"])
-        backend = select_backend(config.backend, config.sdk_root)
-        command = compile_command(config, backend, model, batch, scenario, nsp)
-        source = ensure_source(config, model)
+        backend = select_backend(project.backend, project.sdk_root)
+        command = compile_command(project, backend, model, batch, scenario, nsp)
+        source = ensure_source(project, model)
         inputs = {"model": {"path": str(source.path), "sha256": source.sha256}}
-        metadata: dict = {"model_sha256": source.sha256, "model": dg.MetadataValue.asset(source_key(model))}
+        links: dict = {"model_sha256": source.sha256, "model": dg.MetadataValue.asset(source_key(model))}
         if cfg.quantize:
-            profile = calibration_dir(config, model, batch) / "profile.yaml"
+            profile = calibration_dir(project, model, batch) / PROFILE_FILE
             _require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
-            profile_sha = sha256_file(profile)
-            inputs["profile"] = {"path": str(profile), "sha256": profile_sha}
-            metadata |= {"profile_sha256": profile_sha,
-                         "profile": dg.MetadataValue.asset(profile_key(model)),
-                         "profile_path": dg.MetadataValue.path(str(profile))}
-        clean_stale_temps(command.cwd.parent, command.cwd.name)
-        with atomic_output_dir(command.cwd, [command.output]) as tmp:
-            result = _run(context, command, tmp, config)
-            binary_sha = sha256_file(_output(tmp, command))
-            size = (tmp / command.output).stat().st_size
-            write_manifest(tmp, {
-                "kind": "compiled_binary", "model": model, "partition": context.partition_key,
-                "argv": command.argv, "backend": backend.name, "sdk_version": backend.version,
-                "inputs": inputs, "output": {"path": str(command.cwd / command.output),
-                                             "sha256": binary_sha, "size_bytes": size},
-                "run_id": context.run.run_id, "duration_s": result.duration_s,
-                "peak_rss_bytes": result.peak_rss_bytes, "created_at": time.time(),
-            })
-        binary = command.cwd / command.output
+            inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+            links |= {"profile_sha256": inputs["profile"]["sha256"],
+                      "profile": dg.MetadataValue.asset(profile_key(model)),
+                      "profile_path": dg.MetadataValue.path(str(profile))}
+        previous = _read_manifest(command.cwd)
+        manifest, cached = _build(context, project, backend, command, inputs, config.force)
+        metadata = _metadata(manifest, cached) | links | {"scenario": scenario, "nsp": nsp, "batch": batch}
+        if previous and not cached and previous.get("sdk_version") != manifest["sdk_version"]:
+            metadata |= _upgrade_report(previous, manifest)
         check_results = []
         if check_specs:
             from qaic_assets.checks import accuracy_check
 
-            check_results = [accuracy_check(config, model, command.argv, binary, batch)]
+            binary = command.cwd / command.output
+            check_results = [accuracy_check(project, model, command.argv, binary, batch)]
         return dg.MaterializeResult(
-            metadata={
-                **_run_metadata(command, result, backend), **metadata,
-                "path": dg.MetadataValue.path(str(binary)),
-                "sha256": binary_sha,
-                "size_bytes": size,
-                "scenario": scenario, "nsp": nsp, "batch": batch,
-            },
-            data_version=dg.DataVersion(binary_sha),
+            metadata=metadata,
+            data_version=dg.DataVersion(manifest["output"]["sha256"]),
             check_results=check_results,
         )
 

@@ -279,3 +279,22 @@ def prepare_batched_inputs(
         sha256=digest.hexdigest(),
         source_lines=[line.lineno for line in lines],
     )
+
+
+def selection_sha256(
+    list_file: Path,
+    *,
+    input_sizes: list[int] | None = None,
+    first: int | None = None,
+    filter_size: int | None = None,
+) -> str:
+    """Validate the selected samples as prepare_batched_inputs does and hash their bytes in order:
+    the identity of a calibration set, for the calibration cache key (nothing is written)."""
+    list_file = Path(list_file)
+    lines = select_samples(parse_input_list(list_file), first=first, filter_size=filter_size)
+    _validate(list_file, lines, input_sizes)
+    digest = hashlib.sha256()
+    for line in lines:
+        for path in line.files:
+            _hash_into(Path(path), digest)
+    return digest.hexdigest()

@@ -71,10 +71,11 @@ models:
         yield config, defs, instance, sdk
 
 
-def materialize(defs, instance, keys, partition=None, raise_on_error=True):
+def materialize(defs, instance, keys, partition=None, raise_on_error=True, force=False):
     graph = defs.resolve_asset_graph()
     assets = [graph.get(k).assets_def for k in keys]
-    return dg.materialize(assets, instance=instance, partition_key=partition,
+    run_config = {"ops": {graph.get(k).assets_def.op.name: {"config": {"force": True}} for k in keys}} if force else None
+    return dg.materialize(assets, instance=instance, partition_key=partition, run_config=run_config,
                           selection=keys, raise_on_error=raise_on_error)
 
 
@@ -209,7 +210,8 @@ def test_failed_compile_keeps_the_previous_binary(project, monkeypatch, fault, e
     if fault == "timeout":
         config = config.model_copy(update={"compile_timeout_s": 1.0})
         defs = build_definitions(config)
-    result = materialize(defs, instance, [binary_key("tiny")], "bs2|offline-nsp14", raise_on_error=False)
+    result = materialize(defs, instance, [binary_key("tiny")], "bs2|offline-nsp14", raise_on_error=False,
+                         force=True)
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure][0].step_failure_data
     assert needle in failure.error.message
@@ -219,6 +221,32 @@ def test_failed_compile_keeps_the_previous_binary(project, monkeypatch, fault, e
     assert after == before
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]
     assert latest(instance, binary_key("tiny"), "bs2|offline-nsp14").metadata == good.metadata
+
+
+def test_unchanged_inputs_hit_the_cache_and_an_sdk_upgrade_recompiles(project):
+    config, defs, instance, sdk = project
+    build_all(defs, instance)
+    first = latest(instance, binary_key("tiny"), "bs2|offline-nsp14").metadata
+    assert first["cached"].value is False
+    build_all(defs, instance)  # nothing changed: no compiler call, same data version
+    assert len(read_calls(sdk)) == 2
+    again = latest(instance, binary_key("tiny"), "bs2|offline-nsp14").metadata
+    assert again["cached"].value is True
+    assert again["sha256"].value == first["sha256"].value
+    assert again["built_by_run"].value == first["built_by_run"].value
+
+    from fake_sdk import set_fake_sdk_version
+
+    set_fake_sdk_version(sdk, "1.19.0", "7")  # upgrade: both steps rerun, the report shows before/after
+    build_all(defs, instance)
+    assert len(read_calls(sdk)) == 4
+    upgraded = latest(instance, binary_key("tiny"), "bs2|offline-nsp14").metadata
+    assert upgraded["cached"].value is False
+    assert upgraded["sdk_version"].value == "1.19.0.7"
+    assert upgraded["previous_sdk_version"].value == "1.18.2.0.5"
+    assert upgraded["previous_size_bytes"].value == first["size_bytes"].value
+    assert isinstance(upgraded["size_change_pct"].value, float)
+    assert lineage(instance, "tiny", "bs2|offline-nsp14")["binary"]["previous_sdk_version"] == "1.18.2.0.5"
 
 
 def test_sdk_observation_reports_its_version(project):

@@ -41,7 +41,7 @@ from qaic_assets.runner import (
     sha256_file,
     write_manifest,
 )
-from qaic_assets.sdk import Backend, select_backend
+from qaic_assets.sdk import Backend, backend_name, select_backend
 from qaic_assets.sources import ensure_source
 
 POOL = "qaic_compile"
@@ -245,7 +245,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
     """One model's assets. (`project` is the project config; `config` in an op is its run config.)"""
     cfg = project.model(model)
     group = re.sub(r"[^A-Za-z0-9_]", "_", model)  # Dagster group names allow no '-' or '.'
-    backend_for_checks = select_backend(project.backend, project.sdk_root, require=False)
+    on_cpu = backend_name(project.backend, project.sdk_root) == "cpu"  # no version read at load time
 
     @dg.asset(
         key=source_key(model),
@@ -328,7 +328,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
                                 partition_mapping=dg.MultiToSingleDimensionPartitionMapping("batch")))
 
     check_specs = []
-    if backend_for_checks.name == "cpu" and (cfg.heldout or cfg.source.standin):
+    if on_cpu and (cfg.heldout or cfg.source.standin):
         check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
                                          description="int8 vs fp32 on held-out inputs")]
 

@@ -89,8 +89,12 @@ def qaic_backend(sdk_root: Path, *, require: bool = True) -> Backend:
     return Backend(name="qaic", executable=str(exe), version=version, binary_file="programqpc.bin")
 
 
+def backend_name(choice: str, sdk_root: Path) -> str:
+    """`auto`: the SDK when present, else the CPU reference compiler. Reads no version file."""
+    return "cpu" if choice == "cpu" or (choice == "auto" and not sdk_present(sdk_root)) else "qaic"
+
+
 def select_backend(choice: str, sdk_root: Path, *, require: bool = True) -> Backend:
-    """`auto`: the SDK when present, else the CPU reference compiler."""
-    if choice == "cpu" or (choice == "auto" and not sdk_present(sdk_root)):
+    if backend_name(choice, sdk_root) == "cpu":
         return cpu_backend()
     return qaic_backend(sdk_root, require=require)

@@ -1,0 +1,149 @@
+"""Shared test helpers: a tiny one-model project on the strict fake SDK, with its own DAGSTER_HOME.
+
+`write_tiny_project(root, batch=[...])` lays out the files (model, calibration set, fake SDK, config
+with an absolute `sdk_root`, DAGSTER_HOME) and returns a `TinyProject`; `tiny_project` is the
+function-scoped fixture that also points QAIC_ASSETS_CONFIG / DAGSTER_HOME at it and opens its
+instance. (tests/test_assets.py keeps its own `project` fixture; the tiny model comes from there.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from fake_sdk import make_fake_sdk
+
+CONFIG_TEMPLATE = """
+storage_root: store
+sdk_root: {sdk}
+backend: {backend}
+profiling_threads: 2
+compile_timeout_s: 30
+matrix: {{scenarios: [offline, singlestream], nsp: [14], batch: {batch}}}
+models:
+  tiny:
+    recipe: resnet50
+    source: {{path: tiny.onnx}}
+    calibration: {{list: cal/cal.txt}}
+"""
+
+
+@dataclass
+class TinyProject:
+    root: Path
+    config_path: Path
+    sdk: Path
+    home: Path
+    instance: dg.DagsterInstance | None = None
+    _defs: dg.Definitions | None = field(default=None, repr=False)
+
+    @property
+    def config(self):
+        from qaic_assets.config import load_config
+
+        return load_config(self.config_path)
+
+    @property
+    def defs(self) -> dg.Definitions:
+        if self._defs is None:
+            self.rebuild()
+        return self._defs
+
+    def rebuild(self) -> dg.Definitions:
+        """Re-read the config and rebuild the definitions (a new code version, say)."""
+        from qaic_assets.definitions import build_definitions
+
+        self._defs = build_definitions(self.config)
+        return self._defs
+
+    def materialize(self, key: dg.AssetKey, partition: str | None = None, **tags: str):
+        graph = self.defs.resolve_asset_graph()
+        return dg.materialize([graph.get(key).assets_def], instance=self.instance, partition_key=partition,
+                              selection=[key], tags=tags or None)
+
+    def observe_sdk(self) -> dg.AssetObservation:
+        from qaic_assets.definitions import OBSERVE_JOB
+
+        result = self.defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=self.instance)
+        assert result.success
+        records = self.instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("qaic_sdk")), limit=1).records
+        return records[0].asset_observation
+
+
+def write_tiny_project(root: Path, batch: list[int] = (1, 2), backend: str = "qaic", extra: str = "",
+                       instance_yaml: str = "telemetry: {enabled: false}\n") -> TinyProject:
+    """Lay out the project under `root`; `extra` is appended to the config (top-level keys)."""
+    from test_assets import tiny_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    sdk = make_fake_sdk(root / "sdk")
+    tiny_model(root / "tiny.onnx")
+    cal = root / "cal"
+    cal.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        rng.standard_normal(4).astype(np.float32).tofile(cal / f"{i}.raw")
+    (cal / "cal.txt").write_text("".join(f"{i}.raw\n" for i in range(5)))
+    config_path = root / "qaic.yaml"
+    config_path.write_text(CONFIG_TEMPLATE.format(sdk=sdk, backend=backend, batch=list(batch)) + extra)
+    home = root / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml)
+    return TinyProject(root=root, config_path=config_path, sdk=sdk, home=home)
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch, request):
+    """A TinyProject (batch 1, 2, 4 x offline, singlestream: 3 profiles, 6 binaries) with its
+    instance open; the instance launches runs in this process (see InProcessTestRunLauncher).
+    `@pytest.mark.project(backend=..., extra=...)` changes the config."""
+    marker = request.node.get_closest_marker("project")
+    options = {"batch": [1, 2, 4], **(marker.kwargs if marker else {})}
+    project = write_tiny_project(tmp_path / "project", instance_yaml=DAEMON_INSTANCE_YAML, **options)
+    monkeypatch.setenv("QAIC_ASSETS_CONFIG", str(project.config_path))
+    monkeypatch.delenv("QAIC_SDK_ROOT", raising=False)
+    monkeypatch.delenv("QAIC_ASSETS_STORAGE_ROOT", raising=False)
+    monkeypatch.delenv("FAKE_QAIC_LOG", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(project.home))
+    with dg.DagsterInstance.get() as instance:
+        project.instance = instance
+        yield project
+
+
+# ---------------------------------------------------------------------------------------------
+# A real Dagster instance whose daemons can be ticked by hand: runs launched by the sensor or the
+# backfill daemon execute synchronously, in this process, with the in-process executor.
+# ---------------------------------------------------------------------------------------------
+
+from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher  # noqa: E402
+
+
+class InProcessTestRunLauncher(SyncInMemoryRunLauncher):
+    """SyncInMemoryRunLauncher with the in-process executor (no child processes per run)."""
+
+    def launch_run(self, context) -> None:
+        from dagster._core.execution.api import execute_run
+        from dagster._utils.hosted_user_process import recon_job_from_origin
+
+        run = context.dagster_run
+        run = run._replace(run_config={**run.run_config, "execution": {"config": {"in_process": {}}}})
+        execute_run(recon_job_from_origin(context.job_code_origin), run, self._instance)
+
+
+DAEMON_INSTANCE_YAML = """
+telemetry: {enabled: false}
+run_launcher: {module: conftest, class: InProcessTestRunLauncher}
+run_coordinator:
+  module: dagster._core.run_coordinator.default_run_coordinator
+  class: DefaultRunCoordinator
+"""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "project(**kwargs): options of the tiny_project fixture "
+                            "(batch, backend, extra config text)")

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test ui clean
+.PHONY: install demo test test-deploy ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Postgres + Redis + two celery workers (installs the deploy extras and, as root, the servers).
+test-deploy: install
+	$(PY) -m pip install --quiet -e '.[test,deploy]'
+	QAIC_TEST_DEPLOY=1 $(PY) -m pytest -q -m deploy tests/test_deploy.py
 
 ui: install
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

@@ -6,6 +6,8 @@ temporary directory renamed into place on success, and records what it did (meta
 """
 
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -33,14 +35,17 @@ from qaic_assets.plan import (
 from qaic_assets.rawdata import sample_nbytes
 from qaic_assets.runner import (
     MANIFEST_NAME,
+    TERM_GRACE_S,
     CompilerError,
     RunResult,
     atomic_output_dir,
     clean_stale_temps,
+    output_lock,
     run_compiler,
     sha256_file,
     write_manifest,
 )
+from qaic_assets.deploy import compile_op_tags
 from qaic_assets.sdk import Backend, backend_name, select_backend
 from qaic_assets.sources import ensure_source
 
@@ -79,13 +84,61 @@ def _code_version(config: Config, model: str, *parts: object) -> str:
     return hashlib.sha256(json.dumps([recipe, *parts], default=str).encode()).hexdigest()[:16]
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def _disk_full_hint(config: Config, where: Path) -> str:
+    try:
+        free = f"{shutil.disk_usage(where).free} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return (f"the file system holding {where} is full ({free}): free space there, or point storage_root "
+            f"(in {config.source_file}) or QAIC_ASSETS_STORAGE_ROOT at a larger disk; the previous output "
+            "is kept")
+
+
+@contextlib.contextmanager
+def _storage_errors(config: Config):
+    """A failed write under the storage root (read-only, no permission, disk full) becomes a Failure
+    naming the path and the fix; errors on other paths pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        root = Path(os.path.normpath(config.storage_root))
+        path = Path(os.path.abspath(exc.filename)) if exc.filename else None
+        if exc.errno not in _STORAGE_ERRNOS or (path is not None and path != root and root not in path.parents):
+            raise
+        where = path or root
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            message = f"cannot write {where}: {exc.strerror}; {_disk_full_hint(config, root)}"
+        else:
+            message = (f"storage root {root} is not writable ({exc.strerror}: {where}): make it writable for "
+                       f"this user, or set storage_root in {config.source_file} or QAIC_ASSETS_STORAGE_ROOT "
+                       "to a writable directory")
+        raise dg.Failure(description=message) from exc
+
+
+def _source(config: Config, model: str):
+    with _storage_errors(config):  # stand-ins and downloads are written into the storage root
+        return ensure_source(config, model)
+
+
+def _lock_timeout(config: Config) -> float:
+    """How long a run waits for another run writing the same output: that run's compile can take
+    compile_timeout_s plus the SIGTERM grace, plus time to prepare inputs and rename."""
+    return config.compile_timeout_s + TERM_GRACE_S + 60.0
+
+
 def _run(context: AssetExecutionContext, command: Command, cwd: Path, config: Config) -> RunResult:
     """Run one compiler command; a failure becomes a dagster Failure carrying the log tail."""
     try:
         return run_compiler(command.argv, cwd=cwd, timeout_s=config.compile_timeout_s, log=context.log)
     except CompilerError as exc:
+        full = any("No space left on device" in line for line in exc.result.log_tail)
+        with contextlib.suppress(OSError):
+            full = full or shutil.disk_usage(cwd).free < (1 << 20)
         raise dg.Failure(
-            description=str(exc),
+            description=str(exc) + (f"\n{_disk_full_hint(config, cwd)}" if full else ""),
             metadata={
                 "command": dg.MetadataValue.text(" ".join(command.argv)),
                 "log_tail": dg.MetadataValue.md("```\n" + "\n".join(exc.result.log_tail) + "\n```"),
@@ -106,6 +159,13 @@ def _output(tmp: Path, command: Command) -> Path:
 def _require(path: Path, what: str, fix: str) -> None:
     if not path.is_file():
         raise dg.Failure(description=f"{what} {path} does not exist: {fix}")
+
+
+def _require_node_precision(config: Config, model: str, command: Command) -> None:
+    """A command that names a node-precision file needs it (checked before anything is written)."""
+    path = model_inputs(config, model).node_precision
+    if path is not None and any(a.startswith("-node-precision-info=") for a in command.argv):
+        _require(path, "node-precision file", f"fix models.{model}.node_precision in {config.source_file}")
 
 
 def _sample_sizes(description: dict, argv: list[str]) -> list[int]:
@@ -162,10 +222,18 @@ def _build(context, project: Config, backend: Backend, command: Command, inputs:
     """Run `command` in a temporary dir renamed into place, unless the cache already holds its output.
     Returns (manifest, cached)."""
     key = _cache_key(command, backend, inputs)
-    if not force and (manifest := _cached(command, key)):
-        context.log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
-        return manifest, True
-    clean_stale_temps(command.cwd.parent, command.cwd.name)
+    # one writer per output dir at a time (a second run of the same partition waits, then may hit the
+    # cache); storage errors (read-only, disk full) name the dir and the fix
+    with _storage_errors(project), output_lock(command.cwd, _lock_timeout(project), log=context.log):
+        if not force and (manifest := _cached(command, key)):
+            context.log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
+            return manifest, True
+        clean_stale_temps(command.cwd.parent, command.cwd.name)
+        return _build_locked(context, project, backend, command, inputs, key, prepare, cleanup)
+
+
+def _build_locked(context, project: Config, backend: Backend, command: Command, inputs: dict, key: str,
+                  prepare, cleanup) -> tuple[dict, bool]:
     with atomic_output_dir(command.cwd, [command.output]) as tmp:
         try:
             extra = prepare(tmp) if prepare else {}
@@ -226,6 +294,7 @@ def _upgrade_report(before: dict, after: dict) -> dict:
 def build_sdk_asset(config: Config, automation_condition=None) -> dg.SourceAsset:
     @dg.observable_source_asset(
         key=SDK_KEY,
+        op_tags=compile_op_tags(),  # read the SDK version where compiles run
         group_name="toolchain",
         description="The compiler in use: the Cloud AI 100 Apps SDK's qaic-exec, or the CPU reference "
         "compiler when no SDK is installed. Its data version is the compiler version.",
@@ -255,7 +324,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
         description=f"The {model} model file, verified and described.",
     )
     def source_model(context: AssetExecutionContext) -> dg.MaterializeResult:
-        source = ensure_source(project, model)
+        source = _source(project, model)
         desc = source.description
         metadata = {
             "path": dg.MetadataValue.path(str(source.path)),
@@ -265,6 +334,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
             "opset": desc["opset"],
             "inputs": dg.MetadataValue.json(desc["inputs"]),
             "outputs": dg.MetadataValue.json(desc["outputs"]),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
         }
         if source.kind == "standin":
             metadata["label"] = "stand-in: architecture-faithful, seeded random weights (not the MLPerf model)"
@@ -281,6 +351,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
             deps=[source_key(model), SDK_KEY],
             partitions_def=batch_partitions(project, model),
             pool=POOL,
+            op_tags=compile_op_tags(),
             code_version=_code_version(project, model, cfg.calibration and cfg.calibration.model_dump(mode="json")),
             automation_condition=automation_condition,
             description=f"qaic-exec -dump-profile over the batched {model} calibration set.",
@@ -290,8 +361,9 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
             backend = select_backend(project.backend, project.sdk_root)
             command = calibrate_command(project, backend, model, batch)
             list_file = model_inputs(project, model).calibration_list
-            source = ensure_source(project, model)
+            source = _source(project, model)
             _require(list_file, "calibration list", f"fix models.{model}.calibration.list")
+            _require_node_precision(project, model, command)
             subset = {"input_sizes": _sample_sizes(source.description, command.argv),
                       "first": cfg.calibration.first if cfg.calibration else None,
                       "filter_size": cfg.calibration.filter_size if cfg.calibration else None}
@@ -339,8 +411,10 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
         deps=deps,
         partitions_def=binary_partitions(project, model),
         pool=POOL,
+        op_tags=compile_op_tags(),
         check_specs=check_specs,
-        code_version=_code_version(project, model, cfg.quantize, cfg.percentile),
+        code_version=_code_version(project, model, cfg.quantize, cfg.percentile,
+                                   *([cfg.extra_flags] if cfg.extra_flags else [])),
         automation_condition=automation_condition,
         description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
     )
@@ -350,7 +424,8 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
         scenario, nsp = parse_target_key(keys["target"])
         backend = select_backend(project.backend, project.sdk_root)
         command = compile_command(project, backend, model, batch, scenario, nsp)
-        source = ensure_source(project, model)
+        source = _source(project, model)
+        _require_node_precision(project, model, command)
         inputs = {"model": {"path": str(source.path), "sha256": source.sha256}}
         links: dict = {"model_sha256": source.sha256, "model": dg.MetadataValue.asset(source_key(model))}
         if cfg.quantize:

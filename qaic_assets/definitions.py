@@ -8,6 +8,7 @@ import dagster as dg
 
 from qaic_assets.assets import SDK_KEY, binary_key, build_model_assets, build_sdk_asset, profile_key, source_key
 from qaic_assets.config import Config, load_config
+from qaic_assets.deploy import executor_from_env
 
 OBSERVE_JOB = "observe_qaic_sdk"
 SOURCES_JOB = "source_models"
@@ -45,7 +46,8 @@ def build_definitions(config: Config) -> dg.Definitions:
         dg.define_asset_job(SOURCES_JOB, selection=[source_key(m) for m in config.model_names],
                             description="Fetch, verify and describe every source model."),
     ] + [dg.define_asset_job(name, selection=keys) for name, keys in selections.items()]
-    return dg.Definitions(assets=assets, jobs=jobs, sensors=automation.sensors, schedules=automation.schedules)
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=automation.sensors, schedules=automation.schedules,
+                          executor=executor_from_env())
 
 
 defs = build_definitions(load_config())

@@ -15,6 +15,7 @@ import dagster as dg
 
 from qaic_assets.assets import ACCURACY_CHECK_NAME, binary_key
 from qaic_assets.config import Config, load_config
+from qaic_assets.deploy import execution_run_config
 
 
 def job_for(name: str) -> dg.JobDefinition:
@@ -34,7 +35,7 @@ def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = Non
         tags |= {get_multidimensional_partition_tag("batch"): batch,
                  get_multidimensional_partition_tag("target"): target}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
-    config = {"execution": {"config": {"multiprocess": {"max_concurrent": max_concurrent}}},
+    config = {**execution_run_config(max_concurrent),
               "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     with dg.execute_job(job, instance=instance, run_config=config, tags=tags) as result:
         return result

@@ -342,6 +342,9 @@ def compile_model(
     except OSError as exc:
         raise CompilerError(f"cannot create -aic-binary-dir {out_dir} ({exc})") from None
     out = out_dir / BINARY_FILE
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(model).topological_sort()  # QDQ nodes are appended last; ONNX requires producers first
     if model.ByteSize() >= 2**31 - 1024:  # protobuf limit: weights go to programqpc.onnx.data
         onnx.save(model, str(out), save_as_external_data=True, location=BINARY_FILE + ".data")
     else:

@@ -263,6 +263,7 @@ def test_output_node_name_limits_profile_to_its_ancestors(conv, tmp_path):
 def test_compiled_model_is_int8_qdq_with_fixed_dims_and_agrees(conv, conv_compiled):
     ops = [n.op_type for n in _nodes(conv_compiled)]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    onnx.checker.check_model(onnx.load(str(conv_compiled)), full_check=True)  # valid ONNX, nodes sorted
     sess = ort.InferenceSession(str(conv_compiled), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].shape == [8, 3, 16, 16]
     params = _q_params(conv_compiled)

@@ -34,10 +34,16 @@ DEFAULT_THRESHOLD = 0.99
 
 
 def _session(model: onnx.ModelProto | str):
+    """A CPU session whose intra-op threads do not spin-wait: the check runs inside a compile step,
+    beside another step of the pool (a compiler or a check), so the cores are usually all taken, and
+    spinning threads then burn the time slices the other process needs (docs/BENCHMARKS.md). The
+    numbers computed do not change."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def _read_labels(path: str | Path) -> np.ndarray:

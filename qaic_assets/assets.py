@@ -37,6 +37,7 @@ from qaic_assets.runner import (
     MANIFEST_NAME,
     TERM_GRACE_S,
     CompilerError,
+    OutputLocked,
     RunResult,
     atomic_output_dir,
     clean_stale_temps,
@@ -46,8 +47,8 @@ from qaic_assets.runner import (
     write_manifest,
 )
 from qaic_assets.deploy import compile_op_tags
-from qaic_assets.sdk import Backend, backend_name, select_backend
-from qaic_assets.sources import ensure_source
+from qaic_assets.sdk import Backend, SdkError, backend_name, select_backend
+from qaic_assets.sources import SourceError, ensure_source
 
 POOL = "qaic_compile"
 ACCURACY_CHECK_NAME = "accuracy_vs_fp32"
@@ -119,8 +120,20 @@ def _storage_errors(config: Config):
 
 
 def _source(config: Config, model: str):
+    """The verified source model; a bad one is a Failure whose message names the file and the fix."""
     with _storage_errors(config):  # stand-ins and downloads are written into the storage root
-        return ensure_source(config, model)
+        try:
+            return ensure_source(config, model)
+        except SourceError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+
+
+def _backend(config: Config) -> Backend:
+    """The compiler to run; a missing or broken SDK is a Failure naming the file and the fix."""
+    try:
+        return select_backend(config.backend, config.sdk_root)
+    except SdkError as exc:
+        raise dg.Failure(description=str(exc)) from exc
 
 
 def _lock_timeout(config: Config) -> float:
@@ -224,12 +237,24 @@ def _build(context, project: Config, backend: Backend, command: Command, inputs:
     key = _cache_key(command, backend, inputs)
     # one writer per output dir at a time (a second run of the same partition waits, then may hit the
     # cache); storage errors (read-only, disk full) name the dir and the fix
-    with _storage_errors(project), output_lock(command.cwd, _lock_timeout(project), log=context.log):
+    with _storage_errors(project), _lock(context, project, command.cwd):
         if not force and (manifest := _cached(command, key)):
             context.log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
             return manifest, True
         clean_stale_temps(command.cwd.parent, command.cwd.name)
         return _build_locked(context, project, backend, command, inputs, key, prepare, cleanup)
+
+
+@contextlib.contextmanager
+def _lock(context, config: Config, directory: Path):
+    """Hold the output lock of `directory`; giving up after _lock_timeout is a Failure naming the holder."""
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(output_lock(directory, _lock_timeout(config), log=context.log))
+    except OutputLocked as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    with held:
+        yield
 
 
 def _build_locked(context, project: Config, backend: Backend, command: Command, inputs: dict, key: str,
@@ -358,7 +383,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
         )
         def calibration_profile(context: AssetExecutionContext, config: BuildOptions) -> dg.MaterializeResult:
             batch = parse_batch_key(context.partition_key)
-            backend = select_backend(project.backend, project.sdk_root)
+            backend = _backend(project)
             command = calibrate_command(project, backend, model, batch)
             list_file = model_inputs(project, model).calibration_list
             source = _source(project, model)
@@ -422,7 +447,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
         keys = context.partition_key.keys_by_dimension
         batch = parse_batch_key(keys["batch"])
         scenario, nsp = parse_target_key(keys["target"])
-        backend = select_backend(project.backend, project.sdk_root)
+        backend = _backend(project)
         command = compile_command(project, backend, model, batch, scenario, nsp)
         source = _source(project, model)
         _require_node_precision(project, model, command)
@@ -445,7 +470,9 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
             from qaic_assets.checks import accuracy_check
 
             binary = command.cwd / command.output
-            check_results = [accuracy_check(project, model, command.argv, binary, batch)]
+            check_results = [accuracy_check(project, model, command.argv, binary, batch,
+                                            binary_sha256=manifest["output"]["sha256"],
+                                            source_sha256=source.sha256)]
         return dg.MaterializeResult(
             metadata=metadata,
             data_version=dg.DataVersion(manifest["output"]["sha256"]),

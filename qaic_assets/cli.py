@@ -112,6 +112,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from qaic_assets.lineage import RegisterError, register_binary
+    from qaic_assets.runner import OutputLocked
 
     config = load_config(args.config)
     _choose("model", [args.model], config.model_names)
@@ -119,7 +120,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         try:
             info = register_binary(config, instance, args.model, batch, scenario, nsp, Path(args.source))
-        except RegisterError as exc:
+        except (RegisterError, OutputLocked) as exc:
             raise CommandError(str(exc)) from exc
     print(f"registered {args.model}/compiled_binary {args.partition}: {info['path']} sha256 {info['sha256']}")
     return 0

@@ -122,6 +122,10 @@ class ModelConfig(_Strict):
     quantize: bool = True
     percentile: float | None = Field(default=None, gt=0, le=100)
     accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
+    # qaic-exec flags appended to every compile of this model (after the recipe's, before -batchsize),
+    # one argv item each (`-name` or `-name=value`; never split, never through a shell); checked
+    # against qaic_flags.FLAGS when the config is loaded
+    extra_flags: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _calibration_source(self) -> ModelConfig:
@@ -174,6 +178,7 @@ class Config(_Strict):
                 )
             if recipe == "retinanet" and model.node_precision is None and model.source.standin is None:
                 raise ValueError(f"model {name!r} uses the retinanet recipe and needs node_precision")
+            _check_extra_flags(name, model.extra_flags)
         return self
 
     def model(self, name: str) -> ModelConfig:
@@ -188,6 +193,28 @@ class Config(_Strict):
     @property
     def model_names(self) -> list[str]:
         return list(self.models)
+
+
+# Flags the plan sets itself (inputs, outputs, batch, precision mode): extra_flags may not override them,
+# so no config can redirect an output (-aic-binary-dir) or swap an input behind the recorded argv.
+RESERVED_COMPILE_FLAGS = ("model", "load-profile", "aic-binary-dir", "batchsize", "convert-to-fp16")
+CALIBRATE_ONLY_FLAGS = ("input-list-file", "dump-profile", "profiling-threads", "num-histogram-bins")
+
+
+def _check_extra_flags(model: str, flags: list[str]) -> None:
+    from qaic_assets.qaic_flags import FlagError, parse_argv
+
+    try:
+        parsed = parse_argv(flags)
+    except FlagError as exc:
+        raise ValueError(f"model {model!r}: extra_flags: {exc}") from None
+    for name in parsed.values:
+        if name in RESERVED_COMPILE_FLAGS:
+            raise ValueError(f"model {model!r}: extra_flags may not set -{name}: the compile command sets it "
+                             "itself; remove it from extra_flags")
+        if name in CALIBRATE_ONLY_FLAGS:
+            raise ValueError(f"model {model!r}: extra_flags: -{name} is a calibration flag, not valid when "
+                             "compiling; remove it from extra_flags")
 
 
 def target_key(scenario: str, nsp: int) -> str:

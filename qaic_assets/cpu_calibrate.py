@@ -500,6 +500,10 @@ def calibrate(
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = int(threads)
+    # no spin-waiting between ops: calibrations run beside other compiler/check processes (the
+    # qaic_compile pool), and spinning threads burn the cores those need; two concurrent calibrations
+    # on 2 cores ran 1.75x slower with spinning (docs/BENCHMARKS.md). Results are unchanged.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # basic (constant folding, redundant node removal): the exposed intermediates block fusions anyway,
     # and layout transforms would insert a reorder per exposed output
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

@@ -8,6 +8,8 @@ executor) within the `qaic_compile` pool, and is recorded in the instance, so th
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import time
 
@@ -18,6 +20,48 @@ from qaic_assets.config import Config, load_config
 from qaic_assets.deploy import execution_run_config
 
 
+#: How the multiprocess executor starts a step's process (env QAIC_ASSETS_START_METHOD overrides).
+#: `forkserver` forks every step from one server process per demo that has already imported dagster
+#: and built the definitions (PRELOAD); Dagster's default, `spawn`, starts a fresh interpreter per step
+#: that imports them again: ~1.5-3 s per step on a loaded 2-core machine, about half of the
+#: orchestration overhead of the default matrix (docs/BENCHMARKS.md).
+START_METHOD_ENV = "QAIC_ASSETS_START_METHOD"
+DEFAULT_START_METHOD = "forkserver"
+PRELOAD = ["dagster", "qaic_assets.definitions"]
+
+
+def start_method(choice: str | None = None) -> str:
+    method = choice or os.environ.get(START_METHOD_ENV) or DEFAULT_START_METHOD
+    return method if method in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def instance_modules(instance: dg.DagsterInstance | None) -> list[str]:
+    """The modules a step process imports to open `instance` (its storages and compute log manager:
+    SQLAlchemy, Alembic, ... ~0.5 s), so that the forkserver imports them once instead."""
+    if instance is None:
+        return []
+    modules = set()
+    for name in ("run_storage", "event_log_storage", "schedule_storage", "compute_log_manager"):
+        try:
+            modules.add(type(getattr(instance, name)).__module__)
+        except Exception:  # noqa: BLE001 - a storage that cannot be inspected is just not preloaded
+            continue
+    return sorted(modules)
+
+
+def run_config(max_concurrent: int = 2, method: str | None = None,
+               instance: dg.DagsterInstance | None = None) -> dict:
+    """Run config of a demo run: the deployment's execution config (deploy.execution_run_config), with
+    the step start method set when it is the multiprocess executor, and console logs at WARNING."""
+    config = execution_run_config(max_concurrent)
+    multiprocess = config.get("execution", {}).get("config", {}).get("multiprocess")
+    if multiprocess is not None:
+        method = start_method(method)
+        preload = [PRELOAD[0], *instance_modules(instance), *PRELOAD[1:]]
+        multiprocess["start_method"] = {method: {"preload_modules": preload} if method == "forkserver" else {}}
+    return {**config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def job_for(name: str) -> dg.JobDefinition:
     """Reconstructor for step subprocesses: the named job of the project's definitions."""
     from qaic_assets.definitions import defs
@@ -26,7 +70,7 @@ def job_for(name: str) -> dg.JobDefinition:
 
 
 def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = None,
-            max_concurrent: int = 2) -> dg.ExecuteJobResult:
+            max_concurrent: int = 2, method: str | None = None) -> dg.ExecuteJobResult:
     tags = {"dagster/partition": partition} if partition else {}
     if partition and "|" in partition:
         from dagster._core.storage.tags import get_multidimensional_partition_tag
@@ -35,14 +79,15 @@ def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = Non
         tags |= {get_multidimensional_partition_tag("batch"): batch,
                  get_multidimensional_partition_tag("target"): target}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
-    config = {**execution_run_config(max_concurrent),
-              "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    config = run_config(max_concurrent, method, instance)
     with dg.execute_job(job, instance=instance, run_config=config, tags=tags) as result:
         return result
 
 
-def materialize_matrix(config: Config, instance: dg.DagsterInstance) -> list[tuple[str, str | None, bool]]:
-    """Every run of the default matrix, in dependency order; returns (job, partition, success)."""
+def materialize_matrix(config: Config, instance: dg.DagsterInstance,
+                       method: str | None = None) -> list[tuple[str, str | None, bool]]:
+    """Every run of the default matrix, in dependency order; returns (job, partition, success).
+    `method`: the step start method (default: start_method())."""
     from qaic_assets.definitions import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
     runs: list[tuple[str, str | None]] = [(OBSERVE_JOB, None), (SOURCES_JOB, None)]
@@ -57,7 +102,7 @@ def materialize_matrix(config: Config, instance: dg.DagsterInstance) -> list[tup
     outcomes = []
     for name, partition in runs:
         started = time.monotonic()
-        result = run_job(instance, name, partition)
+        result = run_job(instance, name, partition, method=method)
         label = f"{name} {partition or ''}".strip()
         print(f"[{'ok' if result.success else 'FAILED'}] {label} ({time.monotonic() - started:.1f}s)",
               flush=True)

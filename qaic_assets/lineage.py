@@ -12,7 +12,14 @@ import dagster as dg
 from qaic_assets.assets import binary_key, profile_key, source_key
 from qaic_assets.config import Config, batch_key
 from qaic_assets.plan import BINARY_DIR, compile_dir
-from qaic_assets.runner import atomic_output_dir, clean_stale_temps, sha256_file, write_manifest
+from qaic_assets.runner import (
+    TERM_GRACE_S,
+    atomic_output_dir,
+    clean_stale_temps,
+    output_lock,
+    sha256_file,
+    write_manifest,
+)
 from qaic_assets.sdk import select_backend
 
 
@@ -72,17 +79,19 @@ def register_binary(config: Config, instance: dg.DagsterInstance, model: str, ba
         )
     final = compile_dir(config, model, batch, scenario, nsp)
     expected = f"{BINARY_DIR}/{backend.binary_file}"
-    clean_stale_temps(final.parent, final.name)
-    with atomic_output_dir(final, [expected]) as tmp:
-        shutil.copytree(source, tmp / BINARY_DIR, symlinks=False)
-        sha = sha256_file(tmp / expected)
-        size = (tmp / expected).stat().st_size
-        info = {"path": str(final / expected), "sha256": sha, "size_bytes": size}
-        write_manifest(tmp, {
-            "kind": "compiled_binary", "model": model, "registered_from": str(source),
-            "backend": backend.name, "sdk_version": backend.version, "argv": None,
-            "output": info, "created_at": time.time(),
-        })
+    # the same lock as the compile op: a register never interleaves with a compile of this partition
+    with output_lock(final, config.compile_timeout_s + TERM_GRACE_S + 60.0):
+        clean_stale_temps(final.parent, final.name)
+        with atomic_output_dir(final, [expected]) as tmp:
+            shutil.copytree(source, tmp / BINARY_DIR, symlinks=False)
+            sha = sha256_file(tmp / expected)
+            size = (tmp / expected).stat().st_size
+            info = {"path": str(final / expected), "sha256": sha, "size_bytes": size}
+            write_manifest(tmp, {
+                "kind": "compiled_binary", "model": model, "registered_from": str(source),
+                "backend": backend.name, "sdk_version": backend.version, "argv": None,
+                "output": info, "created_at": time.time(),
+            })
     partition = f"{batch_key(batch)}|{scenario}-nsp{nsp}"
     instance.report_runless_asset_event(dg.AssetMaterialization(
         asset_key=binary_key(model),

@@ -7,6 +7,9 @@ run the same argv in a temporary directory and rename it into place.
 
 from __future__ import annotations
 
+import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +76,28 @@ class TargetPlan:
         }
 
 
+def inside_storage_root(config: Config, *parts: str) -> Path:
+    """``storage_root / parts``, refused if it would lie outside the storage root (``..``, absolute)."""
+    root = Path(os.path.normpath(config.storage_root))
+    path = Path(os.path.normpath(root.joinpath(*parts)))
+    if path == root or root not in path.parents:
+        raise ValueError(f"output path {path} (from {'/'.join(parts)!r}) would lie outside the storage root "
+                         f"{root}: fix the name in {config.source_file}")
+    return path
+
+
+_SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def url_file_name(url: str) -> str:
+    """The download's file name: the last segment of the URL's path when it is a plain file name
+    (no query, no escapes, no ``..``), else ``model.onnx``."""
+    name = urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    return name if _SAFE_FILE_NAME.fullmatch(name) and ".." not in name else "model.onnx"
+
+
 def model_dir(config: Config, model: str) -> Path:
-    return config.storage_root / model
+    return inside_storage_root(config, model)
 
 
 def source_dir(config: Config, model: str) -> Path:
@@ -104,7 +127,7 @@ def model_inputs(config: Config, model: str) -> ModelInputs:
             generated=True,
         )
     if src.url:
-        path = source_dir(config, model) / (src.url.rstrip("/").rsplit("/", 1)[-1] or "model.onnx")
+        path = inside_storage_root(config, model, "source", url_file_name(src.url))
     else:
         path = src.path
     return ModelInputs(model=path, calibration_list=calib_list, node_precision=cfg.node_precision)
@@ -144,7 +167,8 @@ def compile_command(
     *, quantize: bool | None = None, percentile: float | None = None,
 ) -> Command:
     """qaic-exec -model=M [-load-profile=P] -aic-binary-dir=D <params_base> <args> <args_sut>
-    -batchsize=B [percentile flags]. Not quantized: -convert-to-fp16 instead of -load-profile."""
+    <extra_flags> -batchsize=B [percentile flags]. Not quantized: -convert-to-fp16 instead of
+    -load-profile."""
     cfg = config.model(model)
     quantize = cfg.quantize if quantize is None else quantize
     percentile = cfg.percentile if percentile is None else percentile
@@ -163,6 +187,7 @@ def compile_command(
         *_expand(recipe.params_base, **values),
         *_expand(recipe.args, **values),
         *_expand(recipe.args_sut, **values),
+        *cfg.extra_flags,  # validated at config load; one argv item each, never split
         f"-batchsize={batch}",
     ]
     if quantize and percentile is not None:

@@ -16,6 +16,9 @@ Design points (see DESIGN.md "Data flow"):
   outlives the call.
 * Peak RSS comes from ``os.wait4`` (``ru_maxrss``), not psutil, corrected for the parent's RSS that
   Linux folds into a child's ``ru_maxrss`` (see :class:`_PeakRss`).
+* Two writers of one output directory serialize on :func:`output_lock` (``flock`` on a
+  ``.<name>.lock`` sibling, released by the kernel when its holder dies); the second waits, then
+  fails naming the holder.
 * Known limit: PR_SET_PDEATHSIG reaches the compiler process itself, not helpers it starts on its own;
   those are only cleaned up by the process-group signals (timeout, cancellation, normal exit).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -35,6 +39,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +60,9 @@ __all__ = [
     "CompilerFailed",
     "CompilerTimeout",
     "MissingOutput",
+    "OutputLocked",
     "run_compiler",
+    "output_lock",
     "atomic_output_dir",
     "clean_stale_temps",
     "write_manifest",
@@ -609,6 +616,80 @@ def atomic_output_dir(final_dir: Path, expected: list[str]) -> Iterator[Path]:
             raise
     finally:
         _unregister(tmp)
+
+
+class OutputLocked(RuntimeError):
+    """Another process holds the output lock of a directory for longer than we may wait."""
+
+    def __init__(self, message: str, directory: Path, holder: str):
+        super().__init__(message)
+        self.directory = directory
+        self.holder = holder
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 256, 0).decode("utf-8", errors="replace").split()
+    except OSError:
+        text = []
+    return f"pid {text[0]} on {text[1]}" if len(text) >= 2 else "an unknown process"
+
+
+@contextlib.contextmanager
+def output_lock(final_dir: Path, timeout_s: float, *, log: logging.Logger | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on ``final_dir`` for the block, so two writers of one output serialize.
+
+    The lock is ``flock`` on ``<parent>/.<name>.lock`` (it works across processes and hosts sharing a
+    file system, and between threads of one process). A second writer waits, logging once whom it
+    waits for, up to ``timeout_s``, then raises OutputLocked naming the directory and the holder (pid
+    and host, written into the lock file). The kernel drops the lock when its holder dies (SIGKILL
+    included), so a killed run never leaves a stale lock. The file is removed on release; a waiter that
+    locked a file which was removed meanwhile starts over, so only one holder exists at a time.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = final_dir.parent / f".{final_dir.name}.lock"
+    deadline = time.monotonic() + timeout_s
+    pause, waited_for = 0.02, None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise OutputLocked(
+                    f"{final_dir} is being written by another run ({holder}; lock file {path}); gave up "
+                    f"after waiting {timeout_s:g} s. Retry once that run has finished, or stop it if it hangs",
+                    final_dir, holder,
+                ) from None
+            if log is not None and holder != waited_for:
+                log.warning(f"waiting for {final_dir}: {holder} is writing it (up to {timeout_s:g} s)")
+                waited_for = holder
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            st, current = os.fstat(fd), os.stat(path)
+            same = (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+    try:
+        with contextlib.suppress(OSError):  # who holds it, for waiters' messages (best effort: disk full)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

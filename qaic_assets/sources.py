@@ -49,6 +49,9 @@ def describe_onnx(path: Path) -> dict:
         ) from None
     if not model.graph.node:
         raise SourceError(f"model file {path} has an empty graph: re-export or re-download it")
+    if not model.opset_import:
+        # protobuf cut at a field boundary still parses: the opset table, written last, is then missing
+        raise SourceError(f"model file {path} has no opset_import (truncated?): re-export or re-download it")
     initializers = {init.name for init in model.graph.initializer}
 
     def tensor(value: onnx.ValueInfoProto) -> dict:
@@ -67,6 +70,22 @@ def describe_onnx(path: Path) -> dict:
     }
 
 
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to https:// URLs (urllib would follow https -> http)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.startswith("https://"):
+            raise SourceError(f"refusing to follow the redirect of {req.full_url} to {newurl}: "
+                              "only https:// URLs are allowed; fix the URL in the config")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open(url: str):
+    """The response of an https GET (redirects stay on https)."""
+    opener = urllib.request.build_opener(_HttpsOnlyRedirects)
+    return opener.open(url, timeout=60)
+
+
 def _download(url: str, sha256: str, dest: Path) -> None:
     """https only; the file lands at dest only when its sha256 matches."""
     if not url.startswith("https://"):
@@ -75,7 +94,7 @@ def _download(url: str, sha256: str, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.download-")
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with os.fdopen(fd, "wb") as out, _open(url) as response:
             while chunk := response.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
@@ -102,6 +121,7 @@ def ensure_source(config: Config, model: str) -> SourceModel:
     elif src.url:
         kind = "url"
         if not (path.is_file() and sha256_file(path) == src.sha256):
+            path.unlink(missing_ok=True)  # a stale or tampered copy is never used
             _download(src.url, src.sha256, path)
     else:
         kind = "path"

@@ -188,23 +188,21 @@ def _batched_name(batch_idx: int, k: int, n_inputs: int, first_file: Path) -> st
     return f"{prefix}-{base}"
 
 
-def _copy_into(dst, src: Path, digest) -> None:
+def _chunks(src: Path):
     with open(src, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
-                break
-            dst.write(chunk)
-            digest.update(chunk)
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def _copy_into(dst, src: Path, digest) -> None:
+    for chunk in _chunks(src):
+        dst.write(chunk)
+        digest.update(chunk)
 
 
 def _hash_into(src: Path, digest) -> None:
-    with open(src, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
+    for chunk in _chunks(src):
+        digest.update(chunk)
 
 
 def prepare_batched_inputs(

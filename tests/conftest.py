@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pytest
 
-from fake_sdk import make_fake_sdk
+from fake_sdk import write_tiny_files
 
 CONFIG_TEMPLATE = """
 storage_root: store
@@ -78,19 +77,8 @@ class TinyProject:
 def write_tiny_project(root: Path, batch: list[int] = (1, 2), backend: str = "qaic", extra: str = "",
                        instance_yaml: str = "telemetry: {enabled: false}\n") -> TinyProject:
     """Lay out the project under `root`; `extra` is appended to the config (top-level keys)."""
-    from test_assets import tiny_model
-
-    root.mkdir(parents=True, exist_ok=True)
-    sdk = make_fake_sdk(root / "sdk")
-    tiny_model(root / "tiny.onnx")
-    cal = root / "cal"
-    cal.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        rng.standard_normal(4).astype(np.float32).tofile(cal / f"{i}.raw")
-    (cal / "cal.txt").write_text("".join(f"{i}.raw\n" for i in range(5)))
+    sdk = write_tiny_files(root, CONFIG_TEMPLATE.format(sdk=root / "sdk", backend=backend, batch=list(batch)) + extra)
     config_path = root / "qaic.yaml"
-    config_path.write_text(CONFIG_TEMPLATE.format(sdk=sdk, backend=backend, batch=list(batch)) + extra)
     home = root / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_yaml)

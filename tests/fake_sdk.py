@@ -60,3 +60,54 @@ def read_calls(root_or_log: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+TINY_CONFIG = """
+storage_root: store
+backend: {backend}
+profiling_threads: 2
+compile_timeout_s: 30
+matrix: {{scenarios: [offline, singlestream], nsp: [14], batch: {batch}}}
+models:
+  tiny:
+    recipe: resnet50
+    source: {{path: tiny.onnx}}
+    calibration: {{list: cal/cal.txt}}
+"""
+
+
+def tiny_model(path: Path) -> Path:
+    """input [batch_size, 4] -> MatMul -> ArgMax: enough for the fake SDK and the size checks."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"]),
+         helper.make_node("ArgMax", ["logits"], ["ArgMax"], name="ArgMax", axis=1, keepdims=0)],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch_size", 4])],
+        [helper.make_tensor_value_info("ArgMax", TensorProto.INT64, ["batch_size"])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def write_tiny_files(root: Path, config: str | None = None) -> Path:
+    """A one-model project under `root`: fake SDK, tiny model, 5 calibration samples, `qaic.yaml`
+    (TINY_CONFIG on the fake SDK unless `config` is given). Returns the SDK root."""
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    sdk = make_fake_sdk(root / "sdk")
+    tiny_model(root / "tiny.onnx")
+    cal = root / "cal"
+    cal.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        rng.standard_normal(4).astype(np.float32).tofile(cal / f"{i}.raw")
+    (cal / "cal.txt").write_text("".join(f"{i}.raw\n" for i in range(5)))
+    (root / "qaic.yaml").write_text(config if config is not None else TINY_CONFIG.format(backend="qaic", batch=[1, 2]))
+    return sdk

@@ -5,59 +5,22 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from fake_sdk import make_fake_sdk, read_calls
+from fake_sdk import read_calls, write_tiny_files
 from qaic_assets.assets import binary_key, profile_key, source_key
 from qaic_assets.cli import main
-from qaic_assets.lineage import RegisterError, lineage, register_binary
+from qaic_assets.lineage import lineage
 from qaic_assets.config import load_config
 from qaic_assets.definitions import build_definitions
 from qaic_assets.plan import plan_target
 from qaic_assets.sdk import select_backend
 
 
-def tiny_model(path: Path) -> Path:
-    """input [batch_size, 4] -> MatMul -> ArgMax: enough for the fake SDK and the size checks."""
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32).tolist())
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["logits"]),
-         helper.make_node("ArgMax", ["logits"], ["ArgMax"], name="ArgMax", axis=1, keepdims=0)],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch_size", 4])],
-        [helper.make_tensor_value_info("ArgMax", TensorProto.INT64, ["batch_size"])],
-        [w],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A config with one model on the fake SDK; returns (config, defs, instance, sdk_root)."""
-    sdk = make_fake_sdk(tmp_path / "sdk")
-    tiny_model(tmp_path / "tiny.onnx")
-    cal = tmp_path / "cal"
-    cal.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        rng.standard_normal(4).astype(np.float32).tofile(cal / f"{i}.raw")
-    (cal / "cal.txt").write_text("".join(f"{i}.raw\n" for i in range(5)))
-    (tmp_path / "qaic.yaml").write_text("""
-storage_root: store
-backend: qaic
-profiling_threads: 2
-compile_timeout_s: 30
-matrix: {scenarios: [offline, singlestream], nsp: [14], batch: [1, 2]}
-models:
-  tiny:
-    recipe: resnet50
-    source: {path: tiny.onnx}
-    calibration: {list: cal/cal.txt}
-""")
+    sdk = write_tiny_files(tmp_path)
     monkeypatch.setenv("QAIC_ASSETS_CONFIG", str(tmp_path / "qaic.yaml"))
     monkeypatch.setenv("QAIC_SDK_ROOT", str(sdk))
     monkeypatch.delenv("FAKE_QAIC_LOG", raising=False)

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pytest
 import yaml
 
-from fake_sdk import make_fake_sdk, read_calls
-from test_assets import latest, tiny_model
+from fake_sdk import read_calls, write_tiny_files
+from test_assets import latest
 from test_runner import wait_gone
 from qaic_assets.assets import binary_key, profile_key, source_key
 from qaic_assets.config import ConfigError, load_config
@@ -58,16 +57,7 @@ models:
 
 
 def write_project(root: Path, config: str = CONFIG) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    make_fake_sdk(root / "sdk")
-    tiny_model(root / "tiny.onnx")
-    cal = root / "cal"
-    cal.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        rng.standard_normal(4).astype(np.float32).tofile(cal / f"{i}.raw")
-    (cal / "cal.txt").write_text("".join(f"{i}.raw\n" for i in range(5)))
-    (root / "qaic.yaml").write_text(config)
+    write_tiny_files(root, config)
     (root / "home").mkdir()
     (root / "home" / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
 

@@ -4,7 +4,7 @@ The seed's recipe (``calibrate-model-for.qaic``) concatenates B consecutive per-
 one batched raw file per batch, pads the last batch by repeating the last file, and hands qaic-exec
 the list of batched files (``batched_input_files``) with ``-batchsize=B``. Here the same, generalised
 to models with several inputs: a list line holds one raw file per graph input (comma-separated, in
-the order of the model's inputs; see CONTRACT.md "Input list files") and each input gets its own
+the order of the model's inputs; see docs/FORMATS.md "Input list files") and each input gets its own
 batched file per batch.
 
 Sample selection, applied in this order:
@@ -86,7 +86,7 @@ _HOW_TO_FILL = (
 
 
 def parse_input_list(list_file: Path) -> list[InputListLine]:
-    """Read an input list (CONTRACT.md format). Empty lines are skipped; paths are resolved against
+    """Read an input list (docs/FORMATS.md format). Empty lines are skipped; paths are resolved against
     the list's directory. Raises CalibrationInputError if the list is missing or has no samples."""
     list_file = Path(list_file)
     if not list_file.is_file():

@@ -1,4 +1,4 @@
-"""qaic-exec's flag grammar and the table of flags the project uses (CONTRACT.md, the seed's variations).
+"""qaic-exec's flag grammar and the table of flags the project uses (docs/FORMATS.md, the seed's variations).
 
 Grammar: every argument is ``-name`` or ``-name=value``. ``-onnx-define-symbol=name,value`` may repeat
 and accumulates (a later value for the same symbol wins); for every other flag the last occurrence wins.

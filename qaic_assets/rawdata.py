@@ -1,4 +1,4 @@
-"""Raw input files and input list files (qaic-exec's ``-input-list-file``), see CONTRACT.md.
+"""Raw input files and input list files (qaic-exec's ``-input-list-file``), see docs/FORMATS.md.
 
 * An input list file has one line per sample (or per batch): the raw files of that line, one per model
   input, comma-separated, in graph-input order. Relative paths resolve against the list file's

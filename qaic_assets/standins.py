@@ -31,7 +31,7 @@ Kinds (``STANDINS``):
     ``input_mask``, ``segment_ids`` int64 [batch_size, seg_length], outputs ``output_start_logits``
     and ``output_end_logits`` float32 [batch_size, seg_length]. Inputs are generated at seq 384.
 
-Calibration and held-out inputs follow CONTRACT.md: one raw file per model input and sample (batch
+Calibration and held-out inputs follow docs/FORMATS.md: one raw file per model input and sample (batch
 dim 1, C order, model dtype, no header), list files with comma-separated paths relative to the list.
 
 Files are written atomically (temp file + rename) and only when their content changes; a stamp file
@@ -786,7 +786,7 @@ def _serialize(model: onnx.ModelProto) -> bytes:
 
 
 def _to_yaml(d: dict[str, list[str]]) -> str:
-    lines = ["# Node precision for the qaic_assets RetinaNet stand-in (CONTRACT.md format):",
+    lines = ["# Node precision for the qaic_assets RetinaNet stand-in (docs/FORMATS.md format):",
              "# node OUTPUT tensor names kept out of int8 (the class/box head outputs and their concat)."]
     for key, names in d.items():
         lines.append(f"{key}:")

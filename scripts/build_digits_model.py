@@ -22,7 +22,7 @@ It is deterministic (same files on the same machine and library versions). It wr
 * ``README.md``: provenance, licence, fp32 held-out accuracy, and the naive int8 QDQ accuracy
   (onnxruntime ``quantize_static``, per-tensor MinMax, data reader over ``cal.txt``).
 
-Raw files follow CONTRACT.md: the tensor's bytes, C order, float32, batch dim 1, no header.
+Raw files follow docs/FORMATS.md: the tensor's bytes, C order, float32, batch dim 1, no header.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ A small CNN trained on real data, so the pipeline has a default model whose accu
   Trained with numpy only (softmax cross-entropy, Adam, cosine schedule, {epochs} epochs, batch {batch}).
   Compiles with the resnet50 recipe (`-output-node-name=ArgMax`).
 * **Files**: `cal.txt` + `cal/*.raw`, `heldout.txt` + `heldout/*.raw`, `heldout_labels.txt` (one label per
-  line, same order as `heldout.txt`). Raw files: CONTRACT.md format (float32, C order, batch dim 1).
+  line, same order as `heldout.txt`). Raw files: docs/FORMATS.md format (float32, C order, batch dim 1).
 
 ## Accuracy on the held-out set
 

@@ -55,7 +55,7 @@ def _concrete(shape, seq: int = standins.BERT_SEQ) -> list[int]:
 
 
 def _load_list(sess: ort.InferenceSession, list_path: Path, n: int | None = None) -> dict[str, np.ndarray]:
-    """Per-sample raw files of a CONTRACT list file, concatenated along the batch dim."""
+    """Per-sample raw files of a docs/FORMATS.md list file, concatenated along the batch dim."""
     lines = [ln for ln in list_path.read_text().splitlines() if ln.strip()][:n]
     feeds: dict[str, list[np.ndarray]] = {i.name: [] for i in sess.get_inputs()}
     for line in lines:

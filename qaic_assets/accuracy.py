@@ -3,7 +3,7 @@
     compare("resnet50.onnx", "elfs/programqpc.onnx", "heldout.txt", batch=8, symbols={}, labels=None)
 
 Both models run on ONNX Runtime (CPU) with the same dims (``batch`` and ``symbols`` fix the source the
-way the compile fixed the compiled model) over every line of the held-out list (CONTRACT list format;
+way the compile fixed the compiled model) over every line of the held-out list (docs/FORMATS.md list format;
 batched or per-sample raw files). Outputs present in both models are compared:
 
 * integer outputs (ArgMax, class ids): ``agreement`` = fraction of equal elements;

@@ -340,6 +340,10 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
     cfg = project.model(model)
     group = re.sub(r"[^A-Za-z0-9_]", "_", model)  # Dagster group names allow no '-' or '.'
     on_cpu = backend_name(project.backend, project.sdk_root) == "cpu"  # no version read at load time
+    # models start in the order the config lists them (step priority; Dagster's default is step-key
+    # order): list the slowest first, so it does not start last and stretch the run (docs/BENCHMARKS.md)
+    build_tags = {**compile_op_tags(),
+                  "dagster/priority": str(len(project.model_names) - project.model_names.index(model))}
 
     @dg.asset(
         key=source_key(model),
@@ -376,7 +380,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
             deps=[source_key(model), SDK_KEY],
             partitions_def=batch_partitions(project, model),
             pool=POOL,
-            op_tags=compile_op_tags(),
+            op_tags=build_tags,
             code_version=_code_version(project, model, cfg.calibration and cfg.calibration.model_dump(mode="json")),
             automation_condition=automation_condition,
             description=f"qaic-exec -dump-profile over the batched {model} calibration set.",
@@ -436,7 +440,7 @@ def build_model_assets(project: Config, model: str, automation_condition=None) -
         deps=deps,
         partitions_def=binary_partitions(project, model),
         pool=POOL,
-        op_tags=compile_op_tags(),
+        op_tags=build_tags,
         check_specs=check_specs,
         code_version=_code_version(project, model, cfg.quantize, cfg.percentile,
                                    *([cfg.extra_flags] if cfg.extra_flags else [])),

@@ -3,7 +3,8 @@
 `write_tiny_project(root, batch=[...])` lays out the files (model, calibration set, fake SDK, config
 with an absolute `sdk_root`, DAGSTER_HOME) and returns a `TinyProject`; `tiny_project` is the
 function-scoped fixture that also points QAIC_ASSETS_CONFIG / DAGSTER_HOME at it and opens its
-instance. (tests/test_assets.py keeps its own `project` fixture; the tiny model comes from there.)
+instance. The files themselves come from `fake_sdk.write_tiny_files`, shared with test_assets.py and
+test_reliability.py.
 """
 
 from __future__ import annotations
@@ -14,21 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from fake_sdk import write_tiny_files
-
-CONFIG_TEMPLATE = """
-storage_root: store
-sdk_root: {sdk}
-backend: {backend}
-profiling_threads: 2
-compile_timeout_s: 30
-matrix: {{scenarios: [offline, singlestream], nsp: [14], batch: {batch}}}
-models:
-  tiny:
-    recipe: resnet50
-    source: {{path: tiny.onnx}}
-    calibration: {{list: cal/cal.txt}}
-"""
+from fake_sdk import TINY_CONFIG, write_tiny_files
 
 
 @dataclass
@@ -77,7 +64,8 @@ class TinyProject:
 def write_tiny_project(root: Path, batch: list[int] = (1, 2), backend: str = "qaic", extra: str = "",
                        instance_yaml: str = "telemetry: {enabled: false}\n") -> TinyProject:
     """Lay out the project under `root`; `extra` is appended to the config (top-level keys)."""
-    sdk = write_tiny_files(root, CONFIG_TEMPLATE.format(sdk=root / "sdk", backend=backend, batch=list(batch)) + extra)
+    config = TINY_CONFIG.format(backend=backend, batch=list(batch)) + f"sdk_root: {root / 'sdk'}\n" + extra
+    sdk = write_tiny_files(root, config)
     config_path = root / "qaic.yaml"
     home = root / "dagster_home"
     home.mkdir()

@@ -177,7 +177,8 @@ def part_b(work: Path, models: list[str]) -> list[list]:
         for k, ps in requested.items():
             parts[k.path[-1]] += len(ps)
         models_hit = sorted({k.path[0] for k in requested})
-        return f"{dict(parts)} of {', '.join(models_hit)}"
+        return (f"{parts['calibration_profile']} profiles + {parts['compiled_binary']} binaries "
+                f"({', '.join(models_hit)})")
 
     def kinds(calls) -> str:
         c = Counter("calibrate" if any(a.startswith("-dump-profile") for a in x["argv"]) else "compile" for x in calls)

@@ -25,7 +25,7 @@ test: install
 # Postgres + Redis + two celery workers (installs the deploy extras and, as root, the servers).
 test-deploy: install
 	$(PY) -m pip install --quiet -e '.[test,deploy]'
-	QAIC_TEST_DEPLOY=1 $(PY) -m pytest -q -m deploy tests/test_deploy.py
+	QAIC_TEST_DEPLOY=1 $(PY) -m pytest -q -m deploy tests/system/test_deploy.py
 
 ui: install
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

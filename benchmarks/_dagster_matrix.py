@@ -40,11 +40,10 @@ def main() -> int:
     args = ap.parse_args()
     import dagster as dg
 
-    from qaic_assets import definitions  # noqa: F401  (import cost outside the timed region, as for direct)
-    from qaic_assets.config import load_config
+    from qaic_assets.settings import load_settings
     from qaic_assets.demo import materialize_matrix
 
-    config = load_config()
+    config = load_settings()
     with dg.DagsterInstance.get() as instance:
         before = {r.run_id for r in instance.get_runs()}
         t0 = time.time()

@@ -32,18 +32,16 @@ _CONFIG = None
 def _config():
     global _CONFIG
     if _CONFIG is None:
-        from qaic_assets.config import load_config
+        from qaic_assets.settings import load_settings
 
-        _CONFIG = load_config()
+        _CONFIG = load_settings()
     return _CONFIG
 
 
 def _warm(_: int) -> int:
     """Import what the units need in a worker (outside the timed region) and hold it a moment, so
     both workers of the pool are started."""
-    import dagster  # noqa: F401
 
-    from qaic_assets import accuracy, calibration_inputs, checks, plan  # noqa: F401
 
     _config()
     time.sleep(0.5)
@@ -66,7 +64,7 @@ def _fresh_tmp(final):
 
 def source_unit(model: str) -> dict:
     """What the op's `ensure_source` does once per model: make the source present and describe it."""
-    from qaic_assets.sources import ensure_source
+    from qaic_assets.build.sources import ensure_source
 
     t0 = time.time()
     source = ensure_source(_config(), model)
@@ -75,10 +73,12 @@ def source_unit(model: str) -> dict:
 
 
 def calibrate_unit(model: str, batch: int, description: dict) -> dict:
-    from qaic_assets.assets import _sample_sizes
-    from qaic_assets.calibration_inputs import prepare_batched_inputs
-    from qaic_assets.plan import BATCHED_LIST_FILE, calibrate_command, model_inputs
-    from qaic_assets.sdk import select_backend
+    from qaic_assets.build.service import sample_sizes
+    from qaic_assets.qaic.formats.batching import prepare_batched_inputs
+    from qaic_assets.qaic.commands import BATCHED_LIST_FILE
+    from qaic_assets.build.plan import calibrate_command
+    from qaic_assets.build.store import model_inputs
+    from qaic_assets.qaic.sdk import select_backend
 
     config = _config()
     t0 = time.time()
@@ -87,7 +87,7 @@ def calibrate_unit(model: str, batch: int, description: dict) -> dict:
     calib = config.model(model).calibration
     tmp = _fresh_tmp(cmd.cwd)
     prepare_batched_inputs(model_inputs(config, model).calibration_list, batch, tmp,
-                           input_sizes=_sample_sizes(description, cmd.argv),
+                           input_sizes=sample_sizes(description, cmd.argv),
                            first=calib.first if calib else None, filter_size=calib.filter_size if calib else None)
     t1 = time.time()
     subprocess.run(cmd.argv, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=True)
@@ -100,8 +100,8 @@ def calibrate_unit(model: str, batch: int, description: dict) -> dict:
 
 
 def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool, source_sha256: str) -> dict:
-    from qaic_assets.plan import compile_command
-    from qaic_assets.sdk import select_backend
+    from qaic_assets.build.plan import compile_command
+    from qaic_assets.qaic.sdk import select_backend
 
     config = _config()
     t0 = time.time()
@@ -114,11 +114,11 @@ def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool, s
     result = {"unit": f"compile {model} bs{batch}|{scenario}-nsp{nsp}", "start": t0, "compiler_s": t1 - t0}
     cfg = config.model(model)
     if check and backend.name == "cpu" and (cfg.heldout or cfg.source.standin):
-        from qaic_assets.checks import accuracy_check
+        from qaic_assets.defs.checks import accuracy_check
 
         c0 = time.time()
         # as the op: the binary's sha256 (the op has it from its manifest) keys the stored result
-        from qaic_assets.runner import sha256_file
+        from qaic_assets.hashing import sha256_file
 
         binary = cmd.cwd / cmd.output
         outcome = accuracy_check(config, model, cmd.argv, binary, batch, binary_sha256=sha256_file(binary),
@@ -132,8 +132,8 @@ def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool, s
 
 def groups(config) -> list[tuple[str, list[tuple]]]:
     """The units of `demo.materialize_matrix`'s runs, in its order (observe needs no compiler)."""
-    from qaic_assets.config import parse_batch_key, parse_target_key
-    from qaic_assets.definitions import matrix_jobs
+    from qaic_assets.settings import parse_batch_key, parse_target_key
+    from qaic_assets.defs.jobs import matrix_jobs
 
     out = [("sources", [("source", m) for m in config.model_names])]
     by_jobs: dict[tuple[str, str], list[str]] = {}
@@ -160,9 +160,7 @@ def main() -> int:
     args = ap.parse_args()
     check = not args.no_check
 
-    import dagster  # noqa: F401  (same imports as the Dagster child, outside the timed region)
 
-    from qaic_assets import accuracy, checks, definitions  # noqa: F401
 
     config = _config()
     plan = groups(config)

@@ -26,7 +26,7 @@ from benchmarks import common
 
 CHECK_CODE = """
 import sys, json, time
-from qaic_assets.accuracy import compare
+from qaic_assets.build.accuracy import compare
 t = time.perf_counter()
 compare(sys.argv[1], sys.argv[2], sys.argv[3], batch=int(sys.argv[4]), symbols=json.loads(sys.argv[5]))
 print(time.perf_counter() - t)
@@ -35,13 +35,14 @@ print(time.perf_counter() - t)
 
 def prepare(config, model: str, work: Path) -> dict:
     """Batched calibration inputs, a profile and a compiled binary for batch 1 (offline-nsp14)."""
-    from qaic_assets.assets import _sample_sizes
-    from qaic_assets.calibration_inputs import prepare_batched_inputs
-    from qaic_assets.checks import heldout_files
-    from qaic_assets.plan import calibrate_command, compile_command, model_inputs
-    from qaic_assets.qaic_flags import parse_argv
-    from qaic_assets.sdk import select_backend
-    from qaic_assets.sources import ensure_source
+    from qaic_assets.build.service import sample_sizes
+    from qaic_assets.qaic.formats.batching import prepare_batched_inputs
+    from qaic_assets.build.accuracy import heldout_files
+    from qaic_assets.build.plan import calibrate_command, compile_command
+    from qaic_assets.build.store import model_inputs
+    from qaic_assets.qaic.flags import parse_argv
+    from qaic_assets.qaic.sdk import select_backend
+    from qaic_assets.build.sources import ensure_source
 
     backend = select_backend(config.backend, config.sdk_root)
     source = ensure_source(config, model)
@@ -52,7 +53,7 @@ def prepare(config, model: str, work: Path) -> dict:
         shutil.rmtree(base)
     cal_dir = base / "cal"
     prepare_batched_inputs(model_inputs(config, model).calibration_list, 1, cal_dir,
-                           input_sizes=_sample_sizes(source.description, cal.argv))
+                           input_sizes=sample_sizes(source.description, cal.argv))
     subprocess.run(cal.argv, cwd=cal_dir, check=True, stdout=subprocess.DEVNULL)
     comp_argv = [a if not a.startswith("-load-profile=") else f"-load-profile={cal_dir / 'profile.yaml'}"
                  for a in comp.argv]
@@ -98,11 +99,11 @@ def main() -> int:
     repeat = 1 if args.quick else args.repeat
     info = common.machine_info()
     common.print_machine(info)
-    from qaic_assets.config import load_config
+    from qaic_assets.settings import load_settings
 
     storage = common.fresh_storage(args.work, "contention", [m for m in models if m in common.STANDIN_MODELS])
     cfg = common.write_config(args.work / "runs" / "contention" / "config.yaml", storage, models=models)
-    config = load_config(cfg)
+    config = load_settings(cfg)
     spin = common.before_env(args.work)
     rows = []
     with common.LoadSampler() as load:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -41,8 +40,8 @@ def _settings_for_ort(argv: list[str], model, node_precision):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    from qaic_assets import cpu_compile
-    from qaic_assets.qaic_flags import parse_argv
+    from qaic_assets.cpu_compiler import compile as cpu_compile
+    from qaic_assets.qaic.flags import parse_argv
 
     p = parse_argv(argv[1:])
     act = p.get("quantization-schema-activations") or p.get("quantization-schema") or cpu_compile.DEFAULT_SCHEMA
@@ -71,9 +70,9 @@ def ort_quantize_static(model_path, batched_list: Path, argv: list[str], out: Pa
     `method` MinMax (ranges only) or Percentile (histograms: ORT's fixed 2048 bins, 99.999)."""
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-    from qaic_assets import cpu_calibrate as cal
-    from qaic_assets import rawdata
-    from qaic_assets.qaic_flags import parse_argv
+    from qaic_assets.cpu_compiler import calibrate as cal
+    from qaic_assets.qaic.formats import rawdata
+    from qaic_assets.qaic.flags import parse_argv
 
     p = parse_argv(argv[1:])
     t0 = time.perf_counter()
@@ -108,7 +107,7 @@ def ort_quantize_static(model_path, batched_list: Path, argv: list[str], out: Pa
 
 def ours_in_process(calib_argv: list[str], compile_argv: list[str], calib_dir: Path, out_dir: Path) -> tuple:
     """`qaic-exec-cpu` calibrate then compile, in this process (no interpreter start)."""
-    from qaic_assets import cpu_exec
+    from qaic_assets.cpu_compiler import main as cpu_exec
 
     profile = out_dir / "profile.yaml"
     argv_c = [a if not a.startswith("-dump-profile=") else f"-dump-profile={profile}" for a in calib_argv[1:]]
@@ -119,7 +118,7 @@ def ours_in_process(calib_argv: list[str], compile_argv: list[str], calib_dir: P
     import contextlib
     import io
 
-    from qaic_assets import cpu_calibrate
+    from qaic_assets.cpu_compiler import calibrate as cpu_calibrate
 
     seen = {}
     calibrate = cpu_calibrate.calibrate
@@ -164,17 +163,19 @@ def latency_ms(session_input, feeds: dict, budget_s: float = 2.0, min_runs: int 
 
 
 def bench_one(config, model: str, batch: int, work: Path, repeat: int, percentile: bool = True) -> dict:
-    from qaic_assets import cpu_calibrate as cal
-    from qaic_assets import rawdata
-    from qaic_assets.accuracy import compare
-    from qaic_assets.assets import _sample_sizes
-    from qaic_assets.calibration_inputs import prepare_batched_inputs
-    from qaic_assets.checks import heldout_files
-    from qaic_assets.plan import BATCHED_LIST_FILE, calibrate_command, compile_command, model_inputs
-    from qaic_assets.qaic_flags import parse_argv
-    from qaic_assets.runner import run_compiler
-    from qaic_assets.sdk import select_backend
-    from qaic_assets.sources import ensure_source
+    from qaic_assets.cpu_compiler import calibrate as cal
+    from qaic_assets.qaic.formats import rawdata
+    from qaic_assets.build.accuracy import compare
+    from qaic_assets.build.service import sample_sizes
+    from qaic_assets.qaic.formats.batching import prepare_batched_inputs
+    from qaic_assets.build.accuracy import heldout_files
+    from qaic_assets.qaic.commands import BATCHED_LIST_FILE
+    from qaic_assets.build.plan import calibrate_command, compile_command
+    from qaic_assets.build.store import model_inputs
+    from qaic_assets.qaic.flags import parse_argv
+    from qaic_assets.build.process import run_compiler
+    from qaic_assets.qaic.sdk import select_backend
+    from qaic_assets.build.sources import ensure_source
 
     backend = select_backend(config.backend, config.sdk_root)
     source = ensure_source(config, model)
@@ -187,7 +188,7 @@ def bench_one(config, model: str, batch: int, work: Path, repeat: int, percentil
     calib_dir = base / "calibration"
     calib = config.model(model).calibration
     batched = prepare_batched_inputs(inputs.calibration_list, batch, calib_dir,
-                                     input_sizes=_sample_sizes(source.description, calib_cmd.argv),
+                                     input_sizes=sample_sizes(source.description, calib_cmd.argv),
                                      first=calib.first if calib else None,
                                      filter_size=calib.filter_size if calib else None)
     # 1. subprocesses through the runner (as the ops run them): wall + peak RSS
@@ -272,9 +273,9 @@ def main() -> int:
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static's "consider pre-processing" advice
     info = common.machine_info()
     common.print_machine(info)
-    from qaic_assets.config import load_config
+    from qaic_assets.settings import load_settings
 
-    all_models = list(load_config(common.DEFAULT_CONFIG).model_names)
+    all_models = list(load_settings(common.DEFAULT_CONFIG).model_names)
     models = args.models.split(",") if args.models else (["digits", "resnet50"] if args.quick else all_models)
     batches = [int(b) for b in args.batch.split(",")]
     storage = args.work / "cpu_compiler" / "storage"
@@ -285,7 +286,7 @@ def main() -> int:
             (storage / m).mkdir(exist_ok=True)
             subprocess.run(["cp", "-al", str(cache / m / "source"), str(storage / m / "source")], check=True)
     cfg_path = common.write_config(args.work / "cpu_compiler" / "config.yaml", storage, models=models)
-    config = load_config(cfg_path)
+    config = load_settings(cfg_path)
     rows = []
     with common.LoadSampler() as load:
         for m in models:

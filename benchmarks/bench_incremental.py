@@ -23,7 +23,6 @@ the `qaic_automation` sensor evaluates), executing what it requests with the dem
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -129,12 +128,13 @@ def part_b(work: Path, models: list[str]) -> list[list]:
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    from qaic_assets.assets import binary_key, profile_key
-    from qaic_assets.config import load_config
-    from qaic_assets.definitions import OBSERVE_JOB, SOURCES_JOB, defs, matrix_jobs
+    from qaic_assets.defs.keys import binary_key, profile_key
+    from qaic_assets.settings import load_settings
+    from qaic_assets.defs.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
+    from qaic_assets.definitions import defs
     from qaic_assets.demo import materialize_matrix, run_job
 
-    config = load_config()
+    config = load_settings()
     calib_job, compile_job = next(iter(matrix_jobs(config).values()))
     keys = [k for m in config.model_names for k in (profile_key(m), binary_key(m))]
     rows = []
@@ -231,7 +231,7 @@ def _run_selected(instance, job_name: str, partition: str, keys) -> None:
     """One run of `job_name` for `partition`, restricted to `keys` (the demo's executor settings)."""
     import dagster as dg
 
-    from qaic_assets.demo import job_for, run_config
+    from qaic_assets.demo import run_config
 
     tags = {"dagster/partition": partition}
     if "|" in partition:
@@ -253,9 +253,9 @@ def main() -> int:
     args = ap.parse_args()
     if not os.environ.get("QAIC_BENCH_NO_HEADER"):
         common.print_machine(common.machine_info())
-    from qaic_assets.config import load_config
+    from qaic_assets.settings import load_settings
 
-    models = QUICK_MODELS if args.quick else list(load_config(common.DEFAULT_CONFIG).model_names)
+    models = QUICK_MODELS if args.quick else list(load_settings(common.DEFAULT_CONFIG).model_names)
     common.standin_cache(args.work, [m for m in models if m in common.STANDIN_MODELS])
     if args.part in (None, "A"):
         rows = part_a(args.work, models)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -128,9 +127,9 @@ def main() -> int:
     info = common.machine_info()
     common.print_machine(info)
     shadow = common.shadow_python(args.work / "shadow").parent.parent
-    from qaic_assets.config import load_config
+    from qaic_assets.settings import load_settings
 
-    models = QUICK_MODELS if args.quick else list(load_config(common.DEFAULT_CONFIG).model_names)
+    models = QUICK_MODELS if args.quick else list(load_settings(common.DEFAULT_CONFIG).model_names)
     modes = args.modes.split(",") + (BEFORE_MODES if args.before else [])
     print(f"matrix: models {', '.join(models)}; the default config's scenarios/nsp/batch sizes; "
           f"modes {', '.join(modes)}; {args.rounds} round(s)", flush=True)
@@ -196,7 +195,7 @@ def main() -> int:
             what = {"noprio": "without step priorities", "spin": "with ONNX Runtime spinning"}[variant]
             print(f"{base} {what} / {base}: {wall[m] / wall[base]:.3f}")
     n_models = len(models)
-    n_batches = len(load_config(common.DEFAULT_CONFIG).matrix.batch)
+    n_batches = len(load_settings(common.DEFAULT_CONFIG).matrix.batch)
     for m in modes:
         cal = sum(c.kind == "calibrate" for c in results[m][-1]["calls"])
         print(f"calibration runs ({m}): {cal} (models x batch sizes = {n_models} x {n_batches} = "

@@ -65,11 +65,11 @@ def in_process(config_path: Path) -> dict:
 import json, time, warnings
 warnings.filterwarnings("ignore")
 import dagster as dg
-from qaic_assets.config import load_config
-from qaic_assets.definitions import build_definitions
-from qaic_assets.plan import plan_target
-from qaic_assets.sdk import select_backend
-config = load_config({str(config_path)!r})
+from qaic_assets.settings import load_settings
+from qaic_assets.defs import build_definitions
+from qaic_assets.build.plan import plan_target
+from qaic_assets.qaic.sdk import select_backend
+config = load_settings({str(config_path)!r})
 t0 = time.perf_counter()
 defs = build_definitions(config)
 graph = defs.resolve_asset_graph()
@@ -115,9 +115,9 @@ def main() -> int:
     rows = []
     with common.LoadSampler() as load:
         for name, cfg in matrices:
-            from qaic_assets.config import load_config
+            from qaic_assets.settings import load_settings
 
-            config = load_config(cfg)
+            config = load_settings(cfg)
             env = {"QAIC_ASSETS_CONFIG": str(cfg), "DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
             mx = [config.matrix_of(m) for m in config.model_names]
             plan_argv = [str(bin_dir / "qaic-assets"), "plan", "--model", ",".join(config.model_names),

@@ -178,7 +178,7 @@ def read_calls(root: Path, since: float = 0.0) -> list[Call]:
 
 def standin_cache(work: Path, models=tuple(STANDIN_MODELS)) -> Path:
     """Generated stand-ins, once per work dir: `<work>/standins/<model>/source/` (the storage layout)."""
-    from qaic_assets.standins import build_standin
+    from qaic_assets.models.standins import build_standin
 
     cache = Path(work) / "standins"
     for model in models:

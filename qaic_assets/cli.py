@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from qaic_assets import recipes
-from qaic_assets.config import ConfigError, load_config
-from qaic_assets.plan import plan_target
-from qaic_assets.sdk import SdkError, select_backend
+from qaic_assets.qaic import recipes
+from qaic_assets.settings import ConfigError, load_settings
+from qaic_assets.build.plan import plan_target
+from qaic_assets.qaic.sdk import SdkError, select_backend
 
 
 class UsageError(Exception):
@@ -45,7 +45,7 @@ def _positive_ints(kind: str, given: list[str]) -> list[int]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_settings(args.config)
     models = _choose("model", _csv(args.model), config.model_names)
     scenarios = _choose("scenario", _csv(args.scenario), recipes.valid_scenarios())
     nsps = _choose("nsp", _csv(args.nsp), recipes.valid_nsp(), convert=int)
@@ -71,7 +71,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _partition(config, model: str, key: str) -> tuple[int, str, int]:
-    from qaic_assets.config import parse_batch_key, parse_target_key
+    from qaic_assets.settings import parse_batch_key, parse_target_key
 
     matrix = config.matrix_of(model)
     batch, _, target = key.partition("|")
@@ -87,9 +87,9 @@ def _partition(config, model: str, key: str) -> tuple[int, str, int]:
 def cmd_lineage(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from qaic_assets.lineage import lineage
+    from qaic_assets.defs.lineage import lineage
 
-    config = load_config(args.config)
+    config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
     _partition(config, args.model, args.partition)
     with dg.DagsterInstance.get() as instance:
@@ -111,10 +111,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from qaic_assets.lineage import RegisterError, register_binary
-    from qaic_assets.runner import OutputLocked
+    from qaic_assets.defs.lineage import RegisterError, register_binary
+    from qaic_assets.build.outputs import OutputLocked
 
-    config = load_config(args.config)
+    config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
     batch, scenario, nsp = _partition(config, args.model, args.partition)
     with dg.DagsterInstance.get() as instance:

@@ -15,9 +15,9 @@ import time
 
 import dagster as dg
 
-from qaic_assets.assets import ACCURACY_CHECK_NAME, binary_key
-from qaic_assets.config import Config, load_config
-from qaic_assets.deploy import execution_run_config
+from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key
+from qaic_assets.settings import Settings, load_settings
+from qaic_assets.defs.executor import execution_run_config
 
 
 #: How the multiprocess executor starts a step's process (env QAIC_ASSETS_START_METHOD overrides).
@@ -84,11 +84,11 @@ def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = Non
         return result
 
 
-def materialize_matrix(config: Config, instance: dg.DagsterInstance,
+def materialize_matrix(config: Settings, instance: dg.DagsterInstance,
                        method: str | None = None) -> list[tuple[str, str | None, bool]]:
     """Every run of the default matrix, in dependency order; returns (job, partition, success).
     `method`: the step start method (default: start_method())."""
-    from qaic_assets.definitions import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
+    from qaic_assets.defs.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
     runs: list[tuple[str, str | None]] = [(OBSERVE_JOB, None), (SOURCES_JOB, None)]
     groups: dict[tuple[str, str], str] = {}
@@ -110,7 +110,7 @@ def materialize_matrix(config: Config, instance: dg.DagsterInstance,
     return outcomes
 
 
-def built_table(config: Config, instance: dg.DagsterInstance) -> list[dict]:
+def built_table(config: Settings, instance: dg.DagsterInstance) -> list[dict]:
     """The latest materialization of every compiled partition, read back from the instance."""
     rows = []
     for model in config.model_names:
@@ -152,7 +152,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> int:
-    config = load_config()
+    config = load_settings()
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         outcomes = materialize_matrix(config, instance)

@@ -1,4 +1,4 @@
-"""Rebuild the shipped ``digits`` model and its data: ``qaic_assets/data/digits/``.
+"""Rebuild the shipped ``digits`` model and its data: ``qaic_assets/models/data/digits/``.
 
 A small CNN trained (numpy only: softmax cross-entropy, Adam, fixed seeds) on the UCI ML "Optical
 Recognition of Handwritten Digits" data set (8x8 images, 1797 samples, CC BY 4.0) as bundled in
@@ -7,7 +7,7 @@ NOT a project dependency; run this script from a throwaway venv:
 
     python3 -m venv /tmp/trainenv
     /tmp/trainenv/bin/pip install scikit-learn onnx numpy onnxruntime
-    /tmp/trainenv/bin/python scripts/build_digits_model.py            # writes qaic_assets/data/digits/
+    /tmp/trainenv/bin/python scripts/build_digits_model.py            # writes qaic_assets/models/data/digits/
     /tmp/trainenv/bin/python scripts/build_digits_model.py --out DIR  # elsewhere
 
 It is deterministic (same files on the same machine and library versions). It writes:

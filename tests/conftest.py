@@ -29,9 +29,9 @@ class TinyProject:
 
     @property
     def config(self):
-        from qaic_assets.config import load_config
+        from qaic_assets.settings import load_settings
 
-        return load_config(self.config_path)
+        return load_settings(self.config_path)
 
     @property
     def defs(self) -> dg.Definitions:
@@ -41,7 +41,7 @@ class TinyProject:
 
     def rebuild(self) -> dg.Definitions:
         """Re-read the config and rebuild the definitions (a new code version, say)."""
-        from qaic_assets.definitions import build_definitions
+        from qaic_assets.defs import build_definitions
 
         self._defs = build_definitions(self.config)
         return self._defs
@@ -52,7 +52,7 @@ class TinyProject:
                               selection=[key], tags=tags or None)
 
     def observe_sdk(self) -> dg.AssetObservation:
-        from qaic_assets.definitions import OBSERVE_JOB
+        from qaic_assets.defs.jobs import OBSERVE_JOB
 
         result = self.defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=self.instance)
         assert result.success

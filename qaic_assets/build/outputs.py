@@ -1,0 +1,267 @@
+"""Output directories that are never half-written: a temp dir renamed into place on success, an
+exclusive lock per output so two writers take turns, and clean-up of what killed runs left behind.
+
+Two writers of one output directory serialize on :func:`output_lock` (``flock`` on a ``.<name>.lock``
+sibling, released by the kernel when its holder dies); the second waits, then fails naming the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+
+
+
+class MissingOutput(RuntimeError):
+    """The command succeeded but an expected output file is missing or empty."""
+
+    def __init__(self, message: str, missing: str, directory: Path):
+        super().__init__(message)
+        self.missing = missing
+        self.directory = directory
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic output directories
+
+# <name> . tmp|old - <pid> - <hex token>, always hidden (leading dot).
+_SIBLING_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<token>[0-9a-f]+)$")
+_ACTIVE: set[str] = set()  # temp/old dirs of this process that are in use (threads share a pid)
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _sibling(final_dir: Path, kind: str) -> Path:
+    return final_dir.parent / f".{final_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _register(path: Path) -> None:
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(str(path))
+
+
+def _unregister(path: Path) -> None:
+    with _ACTIVE_LOCK:
+        _ACTIVE.discard(str(path))
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _check_expected(tmp: Path, final_dir: Path, expected: list[str]) -> None:
+    for rel in expected:
+        p = tmp / rel
+        problem = None
+        if not p.exists():
+            problem = "was not produced"
+        elif p.is_file() and p.stat().st_size == 0:
+            problem = "is empty"
+        elif p.is_dir() and not any(p.iterdir()):
+            problem = "is an empty directory"
+        if problem:
+            try:
+                present = sorted(str(x.relative_to(tmp)) for x in tmp.rglob("*"))[:20]
+            except OSError:  # pragma: no cover
+                present = []
+            raise MissingOutput(
+                f"expected output {rel!r} {problem} in {tmp} (destined for {final_dir}); "
+                f"the directory holds: {', '.join(present) if present else 'nothing'}",
+                rel,
+                final_dir,
+            )
+
+
+@contextlib.contextmanager
+def atomic_output_dir(final_dir: Path, expected: list[str]) -> Iterator[Path]:
+    """Yield a fresh temp dir beside ``final_dir``; on success swap it into place.
+
+    The temp dir is ``<parent>/.<name>.tmp-<pid>-<token>``. On normal exit every path in ``expected``
+    (relative to the dir) must exist and be non-empty, else MissingOutput. Then the old final dir (if
+    any) is renamed to ``.<name>.old-<pid>-<token>``, the temp dir renamed to ``final_dir``, and the
+    old one removed. On any exception the temp dir is removed and ``final_dir`` is untouched.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(final_dir, "tmp")
+    _register(tmp)
+    try:
+        tmp.mkdir()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        try:
+            yield tmp
+            _check_expected(tmp, final_dir, list(expected))
+            old = None
+            if final_dir.exists() or final_dir.is_symlink():
+                old = _sibling(final_dir, "old")
+                _register(old)
+                os.rename(final_dir, old)
+            try:
+                os.rename(tmp, final_dir)
+            except BaseException:
+                if old is not None:  # put the previous result back
+                    os.rename(old, final_dir)
+                raise
+            if old is not None:
+                _rmtree(old)
+                _unregister(old)
+            _fsync_dir(final_dir.parent)
+        except BaseException:
+            _rmtree(tmp)
+            raise
+    finally:
+        _unregister(tmp)
+
+
+class OutputLocked(RuntimeError):
+    """Another process holds the output lock of a directory for longer than we may wait."""
+
+    def __init__(self, message: str, directory: Path, holder: str):
+        super().__init__(message)
+        self.directory = directory
+        self.holder = holder
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 256, 0).decode("utf-8", errors="replace").split()
+    except OSError:
+        text = []
+    return f"pid {text[0]} on {text[1]}" if len(text) >= 2 else "an unknown process"
+
+
+@contextlib.contextmanager
+def output_lock(final_dir: Path, timeout_s: float, *, log: logging.Logger | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on ``final_dir`` for the block, so two writers of one output serialize.
+
+    The lock is ``flock`` on ``<parent>/.<name>.lock`` (it works across processes and hosts sharing a
+    file system, and between threads of one process). A second writer waits, logging once whom it
+    waits for, up to ``timeout_s``, then raises OutputLocked naming the directory and the holder (pid
+    and host, written into the lock file). The kernel drops the lock when its holder dies (SIGKILL
+    included), so a killed run never leaves a stale lock. The file is removed on release; a waiter that
+    locked a file which was removed meanwhile starts over, so only one holder exists at a time.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = final_dir.parent / f".{final_dir.name}.lock"
+    deadline = time.monotonic() + timeout_s
+    pause, waited_for = 0.02, None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise OutputLocked(
+                    f"{final_dir} is being written by another run ({holder}; lock file {path}); gave up "
+                    f"after waiting {timeout_s:g} s. Retry once that run has finished, or stop it if it hangs",
+                    final_dir, holder,
+                ) from None
+            if log is not None and holder != waited_for:
+                log.warning(f"waiting for {final_dir}: {holder} is writing it (up to {timeout_s:g} s)")
+                waited_for = holder
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            st, current = os.fstat(fd), os.stat(path)
+            same = (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+    try:
+        with contextlib.suppress(OSError):  # who holds it, for waiters' messages (best effort: disk full)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(parent: Path, name: str | None = None) -> list[Path]:
+    """Remove ``.<name>.tmp-*`` / ``.<name>.old-*`` leftovers of killed runs in ``parent``.
+
+    Only entries whose writer process is gone (or this process, when not in use by it) are touched,
+    so concurrent compiles into sibling dirs of the same parent are safe. If a run was killed between
+    its two renames (final dir missing, ``.old-`` present) the old dir is renamed back into place
+    instead of removed. ``name`` restricts cleaning to one final dir's leftovers. Returns what was
+    removed or restored.
+    """
+    parent = Path(parent)
+    touched: list[Path] = []
+    if not parent.is_dir():
+        return touched
+    me = os.getpid()
+    with _ACTIVE_LOCK:
+        active = set(_ACTIVE)
+    entries = sorted(parent.iterdir())
+    for entry in entries:
+        m = _SIBLING_RE.match(entry.name)
+        if not m or (name is not None and m["name"] != name):
+            continue
+        pid = int(m["pid"])
+        if str(entry) in active or (pid != me and _pid_alive(pid)):
+            continue
+        final = parent / m["name"]
+        if m["kind"] == "old" and not final.exists() and not final.is_symlink():
+            try:
+                os.rename(entry, final)
+                touched.append(entry)
+                continue
+            except OSError:
+                pass
+        _rmtree(entry)
+        touched.append(entry)
+    return touched
+
+

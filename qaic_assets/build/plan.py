@@ -1,0 +1,88 @@
+"""What a materialization would run for any target of the matrix: the command lines of
+qaic/commands.py placed in the storage layout of build/store.py. The asset ops run exactly these;
+`qaic-assets plan` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qaic_assets.build.store import calibration_dir, compile_dir, model_inputs
+from qaic_assets.qaic.commands import (
+    PROFILE_FILE,
+    Command,
+    binary_output,
+    calibrate_argv,
+    compile_argv,
+    placeholders,
+)
+from qaic_assets.qaic.sdk import Backend
+from qaic_assets.settings import Settings, batch_key, target_key
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    model: str
+    recipe: str
+    scenario: str
+    nsp: int
+    batch: int
+    backend: str
+    compile: Command
+    calibrate: Command | None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def partition_key(self) -> str:
+        return f"{batch_key(self.batch)}|{target_key(self.scenario, self.nsp)}"
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "recipe": self.recipe, "scenario": self.scenario, "nsp": self.nsp,
+            "batch": self.batch, "backend": self.backend, "partition": self.partition_key,
+            "compile": self.compile.to_json(),
+            "calibrate": self.calibrate.to_json() if self.calibrate else None,
+            "missing_inputs": self.missing,
+        }
+
+
+def calibrate_command(config: Settings, backend: Backend, model: str, batch: int) -> Command:
+    inputs = model_inputs(config, model)
+    values = placeholders(batch, config.profiling_threads, inputs.node_precision)
+    argv = calibrate_argv(backend, config.recipe_of(model), batch, inputs.model, values)
+    return Command(argv=argv, cwd=calibration_dir(config, model, batch), output=PROFILE_FILE)
+
+
+def compile_command(
+    config: Settings, backend: Backend, model: str, batch: int, scenario: str, nsp: int,
+    *, quantize: bool | None = None, percentile: float | None = None,
+) -> Command:
+    cfg = config.model(model)
+    quantize = cfg.quantize if quantize is None else quantize
+    percentile = cfg.percentile if percentile is None else percentile
+    inputs = model_inputs(config, model)
+    values = placeholders(batch, config.profiling_threads, inputs.node_precision)
+    profile = calibration_dir(config, model, batch) / PROFILE_FILE if quantize else None
+    argv = compile_argv(backend, config.recipe_of(model), scenario, nsp, batch, inputs.model, profile,
+                        cfg.extra_flags, percentile, values)
+    return Command(argv=argv, cwd=compile_dir(config, model, batch, scenario, nsp), output=binary_output(backend))
+
+
+def plan_target(
+    config: Settings, backend: Backend, model: str, scenario: str, nsp: int, batch: int,
+    *, quantize: bool | None = None, percentile: float | None = None,
+) -> TargetPlan:
+    quantize = config.model(model).quantize if quantize is None else quantize
+    inputs = model_inputs(config, model)
+    return TargetPlan(
+        model=model,
+        recipe=config.recipe_of(model),
+        scenario=scenario,
+        nsp=nsp,
+        batch=batch,
+        backend=backend.name,
+        compile=compile_command(config, backend, model, batch, scenario, nsp,
+                                quantize=quantize, percentile=percentile),
+        calibrate=calibrate_command(config, backend, model, batch) if quantize else None,
+        missing=inputs.missing(),
+    )

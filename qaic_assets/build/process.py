@@ -1,0 +1,480 @@
+"""The one runner for every compiler call (``qaic-exec``, ``qaic-compile`` or ``qaic-exec-cpu``).
+
+Design points (see DESIGN.md "Data flow"):
+
+* A command is an argv list, started with ``subprocess.Popen(argv)`` and never through a shell.
+* The child's stdout and stderr are merged and read line by line. Only "selective" lines (errors,
+  warnings, progress; :data:`LOG_LINE_PATTERN`) are forwarded to the logger because every forwarded
+  line is a Dagster event-log write; ``%`` progress lines are additionally rate limited. The last
+  ``tail_lines`` lines are kept for the failure message and the materialization metadata.
+* The child runs in its own process group (so the whole group can be signalled) and, on Linux, with
+  ``PR_SET_PDEATHSIG=SIGKILL`` so it dies if our process is SIGKILLed. When the call times out, or the
+  calling thread is interrupted (KeyboardInterrupt, or Dagster's DagsterExecutionInterruptedError on
+  run cancellation; any BaseException), the group gets SIGTERM, then SIGKILL after a grace period.
+  When the child exits, whatever is left of its process group is SIGKILLed: no compiler helper
+  outlives the call.
+* Peak RSS comes from ``os.wait4`` (``ru_maxrss``), not psutil, corrected for the parent's RSS that
+  Linux folds into a child's ``ru_maxrss`` (see :class:`_PeakRss`).
+* Known limit: PR_SET_PDEATHSIG reaches the compiler process itself, not helpers it starts on its own;
+  those are only cleaned up by the process-group signals (timeout, cancellation, normal exit).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import queue
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+# --------------------------------------------------------------------------------------------------
+# Tunables
+
+#: Output lines forwarded to the logger (case-insensitive search). Everything else only goes to the
+#: tail. Keep it narrow: each forwarded line is one Dagster event-log write.
+LOG_LINE_PATTERN = re.compile(
+    r"error|warn|fatal|fail|exception|traceback|%|compil|profil|\bdone\b",
+    re.IGNORECASE,
+)
+#: Lines matching this are logged at ERROR level (the others matching LOG_LINE_PATTERN at INFO).
+_ERROR_LINE_PATTERN = re.compile(r"error|fatal|fail|exception|traceback", re.IGNORECASE)
+#: Lines matching this (and not _ERROR_LINE_PATTERN) are logged at WARNING level.
+_WARNING_LINE_PATTERN = re.compile(r"warn", re.IGNORECASE)
+#: Progress lines (containing ``%`` and not an error/warning) are forwarded at most this often.
+PROGRESS_MIN_INTERVAL_S = 1.0
+#: Seconds between SIGTERM and SIGKILL when the child is stopped (timeout or cancellation).
+TERM_GRACE_S = 10.0
+#: After the child exited, how long to wait for the output pipe to reach EOF.
+_DRAIN_S = 2.0
+#: How often the child's own high-water mark (/proc/<pid>/status VmHWM) is sampled; see _PeakRss.
+_RSS_SAMPLE_S = 0.2
+#: Longer lines are cut (in the tail and in the log).
+_MAX_LINE_CHARS = 4000
+
+
+# --------------------------------------------------------------------------------------------------
+# Result and errors
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one compiler call did. ``returncode`` follows subprocess: negative = killed by signal."""
+
+    argv: list[str]
+    returncode: int
+    duration_s: float
+    peak_rss_bytes: int
+    log_tail: list[str]
+
+
+class CompilerError(RuntimeError):
+    """Base class of runner failures; ``result`` is the RunResult of the call."""
+
+    def __init__(self, message: str, result: RunResult):
+        super().__init__(message)
+        self.result = result
+
+
+class CompilerFailed(CompilerError):
+    """The compiler exited non-zero, died by a signal, or could not be started."""
+
+
+class CompilerTimeout(CompilerError):
+    """The compiler ran longer than ``timeout_s`` and was terminated."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Process-group / parent-death plumbing
+
+_PR_SET_PDEATHSIG = 1
+#: Returncode reported when the child's exit status is lost (someone else reaped it).
+_UNKNOWN_STATUS = 255
+_SIGKILL = int(signal.SIGKILL)
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+        return prctl
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc / exotic platforms
+        return None
+
+
+# Resolved once in the parent: nothing has to be looked up in the forked child.
+_PRCTL = _load_prctl()
+
+
+def _make_preexec(parent_pid: int):
+    prctl = _PRCTL
+
+    def _preexec() -> None:  # runs in the child between fork and exec
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody would kill us.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return _preexec
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _has_exited(pid: int) -> bool:
+    """True once the child has exited; does not reap it (the zombie keeps its pid and pgid reserved)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None and info.si_pid != 0
+
+
+def _wait_exited(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if _has_exited(pid):
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(0.02, remaining))
+
+
+def _stop_group(pid: int, grace_s: float) -> None:
+    """SIGTERM the child's process group, SIGKILL it after ``grace_s``, wait until the leader exited."""
+    _killpg(pid, signal.SIGTERM)
+    if not _wait_exited(pid, grace_s):
+        _killpg(pid, signal.SIGKILL)
+        _wait_exited(pid, 60.0)
+
+
+def _self_peak_rss() -> int:
+    """This process's peak RSS in bytes (an upper bound of what a child inherits in ru_maxrss)."""
+    try:
+        import resource
+
+        maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    except (ImportError, OSError):  # pragma: no cover - non-POSIX
+        return 0
+    return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+def _read_vmhwm(pid: int) -> int:
+    """The process's own peak RSS (VmHWM) in bytes from /proc, 0 if unavailable (exited, non-Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class _PeakRss:
+    """Peak RSS of the child, corrected for what it inherits from us.
+
+    Linux carries the parent's RSS high-water mark into the child's ``ru_maxrss`` at fork/exec, so a
+    small compiler started from a 400 MB Dagster step process reports >= 400 MB from ``wait4``. Hence:
+    if ``wait4``'s value exceeds our own peak at spawn time, the child got there by itself and the value
+    is exact; otherwise the child's true peak is the highest VmHWM sampled from /proc while it ran
+    (VmHWM starts afresh at exec), falling back to the ``wait4`` value (an upper bound) if the child
+    exited before the first sample.
+    """
+
+    _MARGIN = 4 << 20
+
+    def __init__(self) -> None:
+        self.parent_peak = _self_peak_rss()
+        self.sampled = 0
+        self._next = 0.0
+
+    def sample(self, pid: int, now: float) -> None:
+        if now >= self._next:
+            self._next = now + _RSS_SAMPLE_S
+            self.sampled = max(self.sampled, _read_vmhwm(pid))
+
+    def resolve(self, wait4_peak: int) -> int:
+        if wait4_peak > self.parent_peak + self._MARGIN or self.sampled <= 0:
+            return wait4_peak
+        return self.sampled
+
+
+def _reap(pid: int) -> tuple[int, int]:
+    """Reap the (already exited) child: (returncode, peak RSS in bytes)."""
+    try:
+        _, status, rusage = os.wait4(pid, 0)
+    except ChildProcessError:  # reaped by someone else (e.g. a foreign SIGCHLD handler)
+        return _UNKNOWN_STATUS, 0
+    if hasattr(os, "waitstatus_to_exitcode"):
+        code = os.waitstatus_to_exitcode(status)
+    elif os.WIFSIGNALED(status):  # pragma: no cover - Python < 3.9
+        code = -os.WTERMSIG(status)
+    else:  # pragma: no cover
+        code = os.WEXITSTATUS(status)
+    maxrss = int(rusage.ru_maxrss)
+    peak = maxrss if sys.platform == "darwin" else maxrss * 1024  # Linux reports KiB
+    return code, peak
+
+
+# --------------------------------------------------------------------------------------------------
+# Output handling
+
+_EOF = object()
+
+
+def _reader(stream, q: "queue.SimpleQueue") -> None:
+    try:
+        for raw in iter(stream.readline, b""):
+            q.put(raw)
+    except (OSError, ValueError):
+        pass
+    finally:
+        q.put(_EOF)
+
+
+class _LineSink:
+    def __init__(self, log: logging.Logger | None, tail_lines: int, progress_interval_s: float):
+        self.log = log
+        self.tail: deque[str] = deque(maxlen=max(0, tail_lines))
+        self.progress_interval_s = progress_interval_s
+        self._last_progress = float("-inf")
+
+    def feed(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        # Progress bars redraw with "\r": treat each segment as a line.
+        for segment in text.split("\r") if "\r" in text else (text,):
+            if segment.strip() == "" and "\r" in text:
+                continue
+            self._line(segment[:_MAX_LINE_CHARS])
+
+    def _line(self, line: str) -> None:
+        self.tail.append(line)
+        if self.log is None or not LOG_LINE_PATTERN.search(line):
+            return
+        if _ERROR_LINE_PATTERN.search(line):
+            self.log.error(line)
+        elif _WARNING_LINE_PATTERN.search(line):
+            self.log.warning(line)
+        else:
+            if "%" in line:
+                now = time.monotonic()
+                if now - self._last_progress < self.progress_interval_s:
+                    return
+                self._last_progress = now
+            self.log.info(line)
+
+
+def _format_tail(tail: list[str]) -> str:
+    if not tail:
+        return "(no output)"
+    return "\n".join(tail)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------------
+# run_compiler
+
+
+def run_compiler(
+    argv: list[str],
+    *,
+    timeout_s: float,
+    log: logging.Logger | None = None,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
+    tail_lines: int = 50,
+    grace_s: float = TERM_GRACE_S,
+    progress_interval_s: float = PROGRESS_MIN_INTERVAL_S,
+) -> RunResult:
+    """Run one compiler command and return its RunResult; raise a CompilerError if it did not succeed.
+
+    ``argv`` is passed to the child verbatim (no shell, no splitting). ``env`` is *merged over*
+    ``os.environ`` (a value of ``None`` removes a variable); ``PYTHONUNBUFFERED=1`` is set unless given,
+    so Python-based compilers stream their output. ``timeout_s`` bounds the wall time; on timeout the
+    child's process group gets SIGTERM, SIGKILL after ``grace_s``, and CompilerTimeout is raised. Any
+    BaseException raised in the calling thread while waiting (cancellation) stops the child the same
+    way and is re-raised. Exit code != 0 or death by a signal raises CompilerFailed.
+    """
+    argv = [os.fspath(a) for a in argv]
+    if not argv:
+        raise ValueError("run_compiler: empty argv")
+    if not timeout_s or timeout_s <= 0:
+        raise ValueError(f"run_compiler: timeout_s must be > 0, got {timeout_s!r}")
+
+    child_env = dict(os.environ)
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = str(value)
+
+    cmd_name = os.path.basename(argv[0])
+    cmd_text = shlex.join(argv)
+    sink = _LineSink(log, tail_lines, progress_interval_s)
+    if log is not None:
+        log.info(f"$ {cmd_text}")
+
+    rss = _PeakRss()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            start_new_session=True,  # own session => own process group (pgid == pid)
+            preexec_fn=_make_preexec(os.getpid()),
+            close_fds=True,
+        )
+    except OSError as exc:
+        code = 126 if exc.errno in (errno.EACCES, errno.ENOEXEC) else 127
+        result = RunResult(argv, code, time.monotonic() - start, 0, [str(exc)])
+        raise CompilerFailed(f"{cmd_name} could not be started: {exc}\ncommand: {cmd_text}", result) from exc
+
+    pid = proc.pid
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    reader = threading.Thread(target=_reader, args=(proc.stdout, q), name=f"run_compiler-{pid}", daemon=True)
+    deadline = start + timeout_s
+
+    def drain(until: float) -> None:
+        """Feed queued output to the sink until EOF or ``until`` (monotonic)."""
+        while True:
+            remaining = until - time.monotonic()
+            try:
+                item = q.get(timeout=max(0.0, remaining)) if remaining > 0 else q.get_nowait()
+            except queue.Empty:
+                return
+            if item is _EOF:
+                return
+            sink.feed(item)
+
+    timed_out = False
+    try:
+        reader.start()
+        eof = False
+        while True:
+            now = time.monotonic()
+            rss.sample(pid, now)  # Popen returned => the child has exec'd: its VmHWM is its own
+            if now >= deadline:
+                timed_out = True
+                break
+            try:
+                item = q.get(timeout=min(0.1, deadline - now))
+            except queue.Empty:
+                item = None
+            if item is _EOF:
+                eof = True
+            elif item is not None:
+                sink.feed(item)
+                continue  # keep up with output; exit is checked when the queue runs dry
+            if _has_exited(pid):
+                break
+            if eof:  # child closed its output but still runs: just wait for it
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        if timed_out:
+            _stop_group(pid, grace_s)
+        # Leader is a zombie now (pgid still reserved): sweep whatever is left of its group.
+        _killpg(pid, signal.SIGKILL)
+        if not eof:
+            drain(time.monotonic() + _DRAIN_S)
+    except BaseException:
+        # Cancellation (KeyboardInterrupt / DagsterExecutionInterruptedError / ...): stop the child.
+        try:
+            _stop_group(pid, grace_s)
+            _killpg(pid, signal.SIGKILL)
+        except BaseException:
+            _killpg(pid, signal.SIGKILL)
+            raise
+        finally:
+            returncode, _ = _reap(pid)
+            proc.returncode = returncode
+            _close_quietly(proc.stdout)
+        if log is not None:
+            elapsed = time.monotonic() - start
+            log.warning(f"{cmd_name} interrupted after {elapsed:.1f} s; its process group {pid} was stopped")
+        raise
+
+    returncode, wait4_peak = _reap(pid)
+    peak_rss = rss.resolve(wait4_peak)
+    proc.returncode = returncode  # keep Popen consistent (it must not try to wait for the pid again)
+    duration = time.monotonic() - start
+    reader.join(timeout=0.5)
+    if not reader.is_alive():  # else a grandchild escaped the group and holds the pipe: leave it be
+        _close_quietly(proc.stdout)
+    result = RunResult(argv, returncode, duration, peak_rss, list(sink.tail))
+
+    tail_text = _format_tail(result.log_tail)
+    if timed_out:
+        raise CompilerTimeout(
+            f"{cmd_name} timed out after {timeout_s:g} s and was stopped "
+            f"(SIGTERM, SIGKILL after {grace_s:g} s; {_describe_code(returncode)}).\n"
+            f"command: {cmd_text}\n--- last {len(result.log_tail)} lines of output ---\n{tail_text}",
+            result,
+        )
+    if returncode != 0:
+        hint = ""
+        if returncode == -_SIGKILL:
+            hint = f" (peak RSS {_human_bytes(peak_rss)}; SIGKILL from outside often means the OOM killer)"
+        raise CompilerFailed(
+            f"{cmd_name} failed: {_describe_code(returncode)}{hint} after {duration:.1f} s.\n"
+            f"command: {cmd_text}\n--- last {len(result.log_tail)} lines of output ---\n{tail_text}",
+            result,
+        )
+    if log is not None:
+        log.info(f"{cmd_name} finished in {duration:.1f} s, peak RSS {_human_bytes(peak_rss)}")
+    return result
+
+
+def _describe_code(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by signal {_signal_name(-returncode)} ({-returncode})"
+    return f"exit code {returncode}"
+
+
+def _close_quietly(stream) -> None:
+    try:
+        if stream is not None:
+            stream.close()
+    except OSError:
+        pass

@@ -1,0 +1,295 @@
+"""Calibrate or compile one partition: the one implementation behind the assets, the CLI and the
+benchmarks. Dagster-free: it takes a logger and an identity (run id, partition) and returns the
+manifest; the Dagster layer only turns it into metadata and a data version.
+
+A build runs the planned command in a temporary directory renamed into place on success, under the
+output's lock, unless the cache already holds an output with the same key (argv, compiler version,
+input sha256s). Every failure is a :class:`BuildError` whose message names the thing and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shlex
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from qaic_assets.build.manifest import cache_key, cached_manifest, read_manifest, write_manifest
+from qaic_assets.build.outputs import OutputLocked, atomic_output_dir, clean_stale_temps, output_lock
+from qaic_assets.build.plan import calibrate_command, compile_command
+from qaic_assets.build.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
+from qaic_assets.build.sources import SourceError, SourceModel, ensure_source
+from qaic_assets.build.store import calibration_dir, model_inputs
+from qaic_assets.hashing import sha256_file
+from qaic_assets.qaic.commands import BATCHED_LIST_FILE, PROFILE_FILE, Command
+from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_sha256
+from qaic_assets.qaic.formats.rawdata import sample_nbytes
+from qaic_assets.qaic.sdk import Backend, SdkError, select_backend
+from qaic_assets.settings import Settings, batch_key, target_key
+
+_LOG = logging.getLogger("qaic_assets.build")
+
+
+class BuildError(RuntimeError):
+    """A build that cannot succeed; ``details`` (argv, log tail, duration) go into the failure's metadata."""
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who asks for a build: recorded in the manifest."""
+
+    kind: str  # "calibration_profile" or "compiled_binary"
+    model: str
+    partition: str
+    run_id: str = "direct"
+
+
+@dataclass
+class Built:
+    """A finished (or cached) build: its manifest and the inputs it was built from."""
+
+    manifest: dict
+    cached: bool
+    command: Command
+    source: SourceModel
+    inputs: dict
+    extra: dict = field(default_factory=dict)
+    previous: dict | None = None  # the manifest it replaced (compile), for the SDK upgrade report
+
+    @property
+    def output(self) -> Path:
+        return self.command.cwd / self.command.output
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def disk_full_hint(config: Settings, where: Path) -> str:
+    try:
+        free = f"{shutil.disk_usage(where).free} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return (f"the file system holding {where} is full ({free}): free space there, or point storage_root "
+            f"(in {config.source_file}) or QAIC_ASSETS_STORAGE_ROOT at a larger disk; the previous output "
+            "is kept")
+
+
+@contextlib.contextmanager
+def storage_errors(config: Settings):
+    """A failed write under the storage root (read-only, no permission, disk full) becomes a BuildError
+    naming the path and the fix; errors on other paths pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        root = Path(os.path.normpath(config.storage_root))
+        path = Path(os.path.abspath(exc.filename)) if exc.filename else None
+        if exc.errno not in _STORAGE_ERRNOS or (path is not None and path != root and root not in path.parents):
+            raise
+        where = path or root
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            message = f"cannot write {where}: {exc.strerror}; {disk_full_hint(config, root)}"
+        else:
+            message = (f"storage root {root} is not writable ({exc.strerror}: {where}): make it writable for "
+                       f"this user, or set storage_root in {config.source_file} or QAIC_ASSETS_STORAGE_ROOT "
+                       "to a writable directory")
+        raise BuildError(message) from exc
+
+
+def source(config: Settings, model: str) -> SourceModel:
+    """The verified source model; a bad one is a BuildError whose message names the file and the fix."""
+    with storage_errors(config):  # stand-ins and downloads are written into the storage root
+        try:
+            return ensure_source(config, model)
+        except SourceError as exc:
+            raise BuildError(str(exc)) from exc
+
+
+def backend(config: Settings) -> Backend:
+    """The compiler to run; a missing or broken SDK is a BuildError naming the file and the fix."""
+    try:
+        return select_backend(config.backend, config.sdk_root)
+    except SdkError as exc:
+        raise BuildError(str(exc)) from exc
+
+
+def lock_timeout(config: Settings) -> float:
+    """How long a run waits for another run writing the same output: that run's compile can take
+    compile_timeout_s plus the SIGTERM grace, plus time to prepare inputs and rename."""
+    return config.compile_timeout_s + TERM_GRACE_S + 60.0
+
+
+def _run(command: Command, cwd: Path, config: Settings, log: logging.Logger) -> RunResult:
+    try:
+        return run_compiler(command.argv, cwd=cwd, timeout_s=config.compile_timeout_s, log=log)
+    except CompilerError as exc:
+        full = any("No space left on device" in line for line in exc.result.log_tail)
+        with contextlib.suppress(OSError):
+            full = full or shutil.disk_usage(cwd).free < (1 << 20)
+        raise BuildError(
+            str(exc) + (f"\n{disk_full_hint(config, cwd)}" if full else ""),
+            {"command": shlex.join(command.argv), "log_tail": exc.result.log_tail,
+             "duration_s": round(exc.result.duration_s, 3)},
+        ) from exc
+
+
+def _output(tmp: Path, command: Command) -> Path:
+    """The command's expected output in its temporary dir; exit 0 without it is a failure."""
+    path = tmp / command.output
+    if not path.is_file() or path.stat().st_size == 0:
+        raise BuildError(f"{Path(command.argv[0]).name} exited 0 but wrote no {command.output} "
+                         f"(for {command.cwd}); the previous output is kept")
+    return path
+
+
+def require(path: Path, what: str, fix: str) -> None:
+    if not path.is_file():
+        raise BuildError(f"{what} {path} does not exist: {fix}")
+
+
+def _require_node_precision(config: Settings, model: str, command: Command) -> None:
+    """A command that names a node-precision file needs it (checked before anything is written)."""
+    path = model_inputs(config, model).node_precision
+    if path is not None and any(a.startswith("-node-precision-info=") for a in command.argv):
+        require(path, "node-precision file", f"fix models.{model}.node_precision in {config.source_file}")
+
+
+def sample_sizes(description: dict, argv: list[str]) -> list[int]:
+    """Bytes of one sample per model input: batch dim 1, other dims from -onnx-define-symbol."""
+    symbols = {}
+    for arg in argv:
+        if arg.startswith("-onnx-define-symbol="):
+            name, _, value = arg.split("=", 1)[1].partition(",")
+            symbols[name] = int(value)
+    sizes = []
+    for spec in description["inputs"]:
+        dims = [1] + [symbols.get(d, d) if isinstance(d, str) else d for d in spec["shape"][1:]]
+        unresolved = [d for d in dims if isinstance(d, str) or d <= 0]
+        if unresolved:
+            raise BuildError(f"input {spec['name']} has dims {unresolved} that no -onnx-define-symbol fixes")
+        sizes.append(sample_nbytes(dims, spec["dtype"]))
+    return sizes
+
+
+@contextlib.contextmanager
+def _lock(config: Settings, directory: Path, log: logging.Logger):
+    """Hold the output lock of `directory`; giving up after lock_timeout is a BuildError naming the holder."""
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(output_lock(directory, lock_timeout(config), log=log))
+    except OutputLocked as exc:
+        raise BuildError(str(exc)) from exc
+    with held:
+        yield
+
+
+def run_build(config: Settings, compiler: Backend, command: Command, inputs: dict, who: Identity, *,
+              force: bool = False, log: logging.Logger = _LOG, prepare: Callable[[Path], dict] | None = None,
+              cleanup: Callable[[Path], None] | None = None) -> tuple[dict, bool]:
+    """Run `command` in a temporary dir renamed into place, unless the cache already holds its output.
+    Returns (manifest, cached)."""
+    key = cache_key(command.argv, (compiler.name, compiler.version), inputs)
+    # one writer per output dir at a time (a second run of the same partition waits, then may hit the
+    # cache); storage errors (read-only, disk full) name the dir and the fix
+    with storage_errors(config), _lock(config, command.cwd, log):
+        if not force and (manifest := cached_manifest(command.cwd, command.output, key)):
+            log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
+            return manifest, True
+        clean_stale_temps(command.cwd.parent, command.cwd.name)
+        with atomic_output_dir(command.cwd, [command.output]) as tmp:
+            try:
+                extra = prepare(tmp) if prepare else {}
+            except ValueError as exc:
+                raise BuildError(str(exc)) from exc
+            result = _run(command, tmp, config, log)
+            output = _output(tmp, command)
+            if cleanup:
+                cleanup(tmp)
+            manifest = {
+                "kind": who.kind, "model": who.model, "partition": who.partition, "cache_key": key,
+                "argv": command.argv, "cwd": str(command.cwd), "backend": compiler.name,
+                "sdk_version": compiler.version, "inputs": inputs,
+                "output": {"path": str(command.cwd / command.output), "sha256": sha256_file(output),
+                           "size_bytes": output.stat().st_size},
+                "run_id": who.run_id, "duration_s": round(result.duration_s, 3),
+                "peak_rss_bytes": result.peak_rss_bytes, "log_tail": result.log_tail[-20:],
+                "worker": f"{socket.gethostname()}:{os.getpid()}", "created_at": time.time(), "extra": extra,
+            }
+            write_manifest(tmp, manifest)
+    return manifest, False
+
+
+def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct", partition: str | None = None,
+              force: bool = False, log: logging.Logger = _LOG) -> Built:
+    """Calibrate one batch partition: batch the calibration set, run -dump-profile, keep the profile."""
+    cfg = config.model(model)
+    compiler = backend(config)
+    command = calibrate_command(config, compiler, model, batch)
+    list_file = model_inputs(config, model).calibration_list
+    src = source(config, model)
+    require(list_file, "calibration list", f"fix models.{model}.calibration.list")
+    _require_node_precision(config, model, command)
+    subset = {"input_sizes": sample_sizes(src.description, command.argv),
+              "first": cfg.calibration.first if cfg.calibration else None,
+              "filter_size": cfg.calibration.filter_size if cfg.calibration else None}
+    try:
+        selection = selection_sha256(list_file, **subset)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+    inputs = {"model": {"path": str(src.path), "sha256": src.sha256},
+              "calibration": {"list": str(list_file), "sha256": selection}}
+
+    def prepare(tmp: Path) -> dict:
+        batched = prepare_batched_inputs(list_file, batch, tmp, **subset)
+        return {"samples": batched.n_samples, "batches": batched.n_batches}
+
+    def cleanup(tmp: Path) -> None:  # the batched copies served this run only
+        shutil.rmtree(tmp / "raw", ignore_errors=True)
+        (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
+
+    who = Identity("calibration_profile", model, partition or batch_key(batch), run_id)
+    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,
+                                 prepare=prepare, cleanup=cleanup)
+    return Built(manifest, cached, command, src, inputs, extra={"list_file": list_file, "selection": selection})
+
+
+def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *, run_id: str = "direct",
+            partition: str | None = None, force: bool = False, log: logging.Logger = _LOG) -> Built:
+    """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized)."""
+    cfg = config.model(model)
+    compiler = backend(config)
+    command = compile_command(config, compiler, model, batch, scenario, nsp)
+    src = source(config, model)
+    _require_node_precision(config, model, command)
+    inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
+    if cfg.quantize:
+        profile = calibration_dir(config, model, batch) / PROFILE_FILE
+        require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
+        inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+    previous = read_manifest(command.cwd)
+    who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
+    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log)
+    return Built(manifest, cached, command, src, inputs, previous=previous)
+
+
+def upgrade_report(before: dict, after: dict) -> dict:
+    """What an SDK upgrade changed for this partition: visible as metadata and in `lineage`."""
+    size_before, size_after = before["output"]["size_bytes"], after["output"]["size_bytes"]
+    return {
+        "previous_sdk_version": before["sdk_version"],
+        "previous_size_bytes": size_before,
+        "previous_duration_s": float(before["duration_s"]),
+        "size_change_pct": round(100.0 * (size_after - size_before) / size_before, 2) if size_before else 0.0,
+        "duration_change_pct": round(100.0 * (after["duration_s"] - before["duration_s"]) / before["duration_s"], 2)
+        if before["duration_s"] else 0.0,
+    }

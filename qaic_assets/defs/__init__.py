@@ -1,0 +1,41 @@
+"""The Dagster layer: the only package that imports dagster. It adapts the build service to assets,
+checks, automation, jobs and the executor; `build_definitions(settings)` assembles them."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from qaic_assets.settings import Settings
+
+
+def model_assets(project: Settings, model: str, automation_condition=None) -> list[dg.AssetsDefinition]:
+    """One model's assets: source, calibration profile (when quantized), compiled binary."""
+    from qaic_assets.defs.calibration import calibration_asset
+    from qaic_assets.defs.compile import compile_asset
+    from qaic_assets.defs.executor import compile_op_tags
+    from qaic_assets.defs.sources import source_asset
+
+    # models start in the order the config lists them (step priority; Dagster's default is step-key
+    # order): list the slowest first, so it does not start last and stretch the run (docs/BENCHMARKS.md)
+    tags = {**compile_op_tags(),
+            "dagster/priority": str(len(project.model_names) - project.model_names.index(model))}
+    assets = [source_asset(project, model)]
+    if project.model(model).quantize:
+        assets.append(calibration_asset(project, model, tags, automation_condition))
+    assets.append(compile_asset(project, model, tags, automation_condition))
+    return assets
+
+
+def build_definitions(config: Settings) -> dg.Definitions:
+    from qaic_assets.defs.automation import build_automation
+    from qaic_assets.defs.executor import executor_from_env
+    from qaic_assets.defs.jobs import build_jobs, observe_job
+    from qaic_assets.defs.toolchain import sdk_asset
+
+    observe = observe_job()
+    automation = build_automation(config, observe)
+    assets = [sdk_asset(config)]
+    for model in config.model_names:
+        assets += model_assets(config, model, automation_condition=automation.condition)
+    return dg.Definitions(assets=assets, jobs=[observe, *build_jobs(config)], sensors=automation.sensors,
+                          schedules=automation.schedules, executor=executor_from_env())

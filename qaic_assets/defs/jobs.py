@@ -1,0 +1,40 @@
+"""The project's jobs: observe the SDK, fetch the sources, and per group of models sharing a matrix one
+calibration job and one compile job (a Dagster job runs one partition of assets that share a
+partitions definition, so a model with its own matrix gets jobs of its own)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import dagster as dg
+
+from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.settings import Settings
+
+OBSERVE_JOB = "observe_qaic_sdk"
+SOURCES_JOB = "source_models"
+
+
+def matrix_jobs(config: Settings) -> dict[str, tuple[str, str]]:
+    """Per model: (calibration job, compile job) names."""
+    jobs = {}
+    for model in config.model_names:
+        prefix = "" if config.model(model).matrix is None else f"{model}_"
+        jobs[model] = (f"{prefix}calibration_profiles", f"{prefix}compiled_binaries")
+    return jobs
+
+
+def observe_job() -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(OBSERVE_JOB, selection=[SDK_KEY], description="Observe the compiler version.")
+
+
+def build_jobs(config: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
+    selections: dict[str, list[dg.AssetKey]] = defaultdict(list)
+    for model, (calib_job, compile_job) in matrix_jobs(config).items():
+        if config.model(model).quantize:
+            selections[calib_job].append(profile_key(model))
+        selections[compile_job].append(binary_key(model))
+    return [
+        dg.define_asset_job(SOURCES_JOB, selection=[source_key(m) for m in config.model_names],
+                            description="Fetch, verify and describe every source model."),
+    ] + [dg.define_asset_job(name, selection=keys) for name, keys in selections.items()]

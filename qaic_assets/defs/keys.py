@@ -1,0 +1,29 @@
+"""Asset keys and names of the public contract (DESIGN.md): `qaic_sdk`, `<model>/source_model`,
+`<model>/calibration_profile`, `<model>/compiled_binary`."""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+
+SDK_KEY = dg.AssetKey("qaic_sdk")
+POOL = "qaic_compile"
+ACCURACY_CHECK_NAME = "accuracy_vs_fp32"
+
+
+def source_key(model: str) -> dg.AssetKey:
+    return dg.AssetKey([model, "source_model"])
+
+
+def profile_key(model: str) -> dg.AssetKey:
+    return dg.AssetKey([model, "calibration_profile"])
+
+
+def binary_key(model: str) -> dg.AssetKey:
+    return dg.AssetKey([model, "compiled_binary"])
+
+
+def group_name(model: str) -> str:
+    """Dagster group names allow no '-' or '.'."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", model)

@@ -1,0 +1,67 @@
+"""The Dagster side of a build: run config, code versions, failures and metadata.
+
+The build service (qaic_assets/build/service.py) does the work and raises BuildError; this module turns
+its manifest into materialization metadata (numbers as numbers, so the UI plots them) and its errors
+into `dg.Failure`s carrying the command and the log tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import dagster as dg
+
+from qaic_assets.build.service import BuildError
+from qaic_assets.hashing import hash_json
+from qaic_assets.qaic import recipes
+from qaic_assets.settings import Settings
+
+
+class BuildOptions(dg.Config):
+    """Run config of the calibrate/compile ops (launchpad: `force: true` to bypass the cache)."""
+
+    force: bool = False
+
+
+def code_version(config: Settings, model: str, *parts: object) -> str:
+    matrix = config.matrix_of(model)
+    recipe = recipes.recipe_code_version(config.recipe_of(model), matrix.scenarios, matrix.nsp)
+    return hash_json([recipe, *parts], length=16)
+
+
+@contextlib.contextmanager
+def as_failure() -> Iterator[None]:
+    """A BuildError becomes a dg.Failure with its message and details (command, log tail, duration)."""
+    try:
+        yield
+    except BuildError as exc:
+        details = exc.details
+        metadata = {}
+        if "command" in details:
+            metadata["command"] = dg.MetadataValue.text(details["command"])
+        if "log_tail" in details:
+            metadata["log_tail"] = dg.MetadataValue.md("```\n" + "\n".join(details["log_tail"]) + "\n```")
+        if "duration_s" in details:
+            metadata["duration_s"] = details["duration_s"]
+        raise dg.Failure(description=str(exc), metadata=metadata) from exc
+
+
+def build_metadata(manifest: dict, cached: bool) -> dict:
+    """Materialization metadata from the manifest."""
+    output = manifest["output"]
+    return {
+        "command": dg.MetadataValue.text(" ".join(manifest["argv"])),
+        "argv": dg.MetadataValue.json(manifest["argv"]),
+        "backend": manifest["backend"],
+        "sdk_version": manifest["sdk_version"],
+        "path": dg.MetadataValue.path(output["path"]),
+        "sha256": output["sha256"],
+        "size_bytes": output["size_bytes"],
+        "duration_s": float(manifest["duration_s"]),
+        "peak_rss_mb": round(manifest["peak_rss_bytes"] / 2**20, 1),
+        "log_tail": dg.MetadataValue.md("```\n" + "\n".join(manifest["log_tail"]) + "\n```"),
+        "worker": manifest["worker"],
+        "cached": cached,
+        "built_by_run": manifest["run_id"],
+    }

@@ -1,0 +1,79 @@
+"""Exact compiler command lines (argv lists) of qaic-exec's calibrate/compile contract, built from the
+recipe table. Outputs are named relative to the working directory (as the seed does with
+`-dump-profile=profile.yaml`), so a build can run the same argv in a temporary directory and rename it
+into place. Where the directories are is the storage layout's business (build/store.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qaic_assets.qaic import recipes
+from qaic_assets.qaic.sdk import Backend
+
+PROFILE_FILE = "profile.yaml"
+BATCHED_LIST_FILE = "batched_input_files"
+BINARY_DIR = "elfs"
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    cwd: Path
+    output: str  # expected output, relative to cwd
+
+    def to_json(self) -> dict:
+        return {"argv": self.argv, "cwd": str(self.cwd), "output": self.output}
+
+
+def expand(template: str, **values) -> list[str]:
+    """Split a seed flag string into argv items, then fill placeholders (paths may hold spaces)."""
+    return [token.format(**values) for token in template.split()]
+
+
+def placeholders(batch: int, profiling_threads: int | None, node_precision: Path | None) -> dict:
+    return {
+        "batch": batch,
+        "profiling_threads": profiling_threads or recipes.physical_cores_per_socket(),
+        "node_precision": node_precision or "<node-precision file not configured>",
+        "input_list": BATCHED_LIST_FILE,
+    }
+
+
+def calibrate_argv(backend: Backend, recipe: str, batch: int, model_file: Path, values: dict) -> list[str]:
+    """qaic-exec -input-list-file=L -batchsize=B <calibration params> -dump-profile=P -model=M"""
+    return [
+        backend.executable,
+        f"-input-list-file={BATCHED_LIST_FILE}",
+        f"-batchsize={batch}",
+        *expand(recipes.calibrate_params(recipe), **values),
+        f"-dump-profile={PROFILE_FILE}",
+        f"-model={model_file}",
+    ]
+
+
+def compile_argv(backend: Backend, recipe: str, scenario: str, nsp: int, batch: int, model_file: Path,
+                 profile: Path | None, extra_flags: list[str], percentile: float | None, values: dict) -> list[str]:
+    """qaic-exec -model=M [-load-profile=P] -aic-binary-dir=D <params_base> <args> <args_sut>
+    <extra_flags> -batchsize=B [percentile flags]. Not quantized (no profile): -convert-to-fp16."""
+    resolved = recipes.resolve_compile(recipe, scenario, nsp)
+    precision = [f"-load-profile={profile}"] if profile is not None else ["-convert-to-fp16"]
+    argv = [
+        backend.executable,
+        f"-model={model_file}",
+        *precision,
+        f"-aic-binary-dir={BINARY_DIR}",
+        *expand(resolved.params_base, **values),
+        *expand(resolved.args, **values),
+        *expand(resolved.args_sut, **values),
+        *extra_flags,  # validated at config load; one argv item each, never split
+        f"-batchsize={batch}",
+    ]
+    if profile is not None and percentile is not None:
+        argv += expand(recipes.percentile_params(), percentile=f"{percentile:g}")
+    return argv
+
+
+def binary_output(backend: Backend) -> str:
+    return f"{BINARY_DIR}/{backend.binary_file}"

@@ -1,0 +1,261 @@
+"""The project's one configuration file: pydantic models loaded from YAML.
+
+Path from `QAIC_ASSETS_CONFIG`, else the packaged `default_config.yaml` (runs out of the box).
+Relative paths are relative to the config file; `QAIC_SDK_ROOT` overrides `sdk_root` and
+`QAIC_ASSETS_STORAGE_ROOT` overrides `storage_root`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+SCENARIOS = ("offline", "server", "singlestream", "multistream")
+STANDIN_KINDS = ("resnet50", "retinanet", "bert-99")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the field and the fix."""
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return Path(os.path.normpath(value))
+
+
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where a model comes from: a local file, an https URL pinned by sha256, or a generated stand-in."""
+
+    path: ConfigPath | None = None
+    url: str | None = None
+    sha256: str | None = None
+    standin: Literal["resnet50", "retinanet", "bert-99"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        given = [k for k in ("path", "url", "standin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path, url (with sha256) or standin")
+        if self.url is not None:
+            if not self.url.startswith("https://"):
+                raise ValueError(f"url must be https:// (got {self.url!r})")
+            if self.sha256 is None:
+                raise ValueError("a url source needs its sha256 so the download can be verified")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return self
+
+
+class Calibration(_Strict):
+    """The seed's calibration set: a list of preprocessed raw input files, optionally a subset."""
+
+    list: ConfigPath | None = None
+    first: PositiveInt | None = None
+    filter_size: PositiveInt | None = None
+
+
+class Heldout(_Strict):
+    """Inputs never used for calibration, for the accuracy check; labels are one int per line."""
+
+    list: ConfigPath
+    labels: ConfigPath | None = None
+
+
+class Matrix(_Strict):
+    """The partition space: scenarios x nsp counts x batch sizes."""
+
+    scenarios: list[Literal["offline", "server", "singlestream", "multistream"]] = Field(min_length=1)
+    nsp: list[PositiveInt] = Field(min_length=1)
+    batch: list[PositiveInt] = Field(min_length=1)
+
+    @field_validator("scenarios", "nsp", "batch")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"values must be unique, got {v}")
+        return v
+
+    @property
+    def targets(self) -> list[str]:
+        """Partition keys of the scenario-nsp dimension, like `offline-nsp14`."""
+        return [target_key(s, n) for s in self.scenarios for n in self.nsp]
+
+    @property
+    def batch_keys(self) -> list[str]:
+        return [batch_key(b) for b in self.batch]
+
+
+class ModelConfig(_Strict):
+    recipe: str | None = None
+    source: Source
+    calibration: Calibration | None = None
+    heldout: Heldout | None = None
+    node_precision: ConfigPath | None = None
+    matrix: Matrix | None = None
+    quantize: bool = True
+    percentile: float | None = Field(default=None, gt=0, le=100)
+    accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
+    # qaic-exec flags appended to every compile of this model (after the recipe's, before -batchsize),
+    # one argv item each (`-name` or `-name=value`; never split, never through a shell); checked
+    # against qaic_flags.FLAGS when the config is loaded
+    extra_flags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _calibration_source(self) -> ModelConfig:
+        if self.quantize and self.source.standin is None and (
+            self.calibration is None or self.calibration.list is None
+        ):
+            raise ValueError("a quantized model needs calibration.list (a list of raw input files)")
+        return self
+
+
+class Nightly(_Strict):
+    enabled: bool = False
+    cron: str = "0 3 * * *"
+
+
+class Settings(_Strict):
+    storage_root: ConfigPath = Path("artifacts")
+    sdk_root: Path = Path("/opt/qti-aic")
+    backend: Literal["auto", "qaic", "cpu"] = "auto"
+    matrix: Matrix
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    compile_timeout_s: float = Field(default=3600.0, gt=0)
+    profiling_threads: PositiveInt | None = None
+    accuracy_threshold: float = Field(default=0.99, gt=0, le=1)
+    sdk_observe_cron: str = "*/15 * * * *"
+    nightly: Nightly = Nightly()
+    source_file: Path | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for name in models:
+            if not MODEL_NAME_RE.fullmatch(name) or ".." in name:
+                raise ValueError(
+                    f"model name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
+                    "(no '/', '..' or spaces), since it becomes an asset key and a directory"
+                )
+        return models
+
+    @model_validator(mode="after")
+    def _recipes_known(self) -> Settings:
+        from qaic_assets.qaic.recipes import recipe_names
+
+        known = recipe_names()
+        for name, model in self.models.items():
+            recipe = model.recipe or name
+            if recipe not in known:
+                raise ValueError(
+                    f"model {name!r} has no recipe: set `recipe:` to one of {', '.join(known)}"
+                )
+            if recipe == "retinanet" and model.node_precision is None and model.source.standin is None:
+                raise ValueError(f"model {name!r} uses the retinanet recipe and needs node_precision")
+            _check_extra_flags(name, model.extra_flags)
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models[name]
+
+    def recipe_of(self, name: str) -> str:
+        return self.models[name].recipe or name
+
+    def matrix_of(self, name: str) -> Matrix:
+        return self.models[name].matrix or self.matrix
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+
+# Flags the plan sets itself (inputs, outputs, batch, precision mode): extra_flags may not override them,
+# so no config can redirect an output (-aic-binary-dir) or swap an input behind the recorded argv.
+RESERVED_COMPILE_FLAGS = ("model", "load-profile", "aic-binary-dir", "batchsize", "convert-to-fp16")
+CALIBRATE_ONLY_FLAGS = ("input-list-file", "dump-profile", "profiling-threads", "num-histogram-bins")
+
+
+def _check_extra_flags(model: str, flags: list[str]) -> None:
+    from qaic_assets.qaic.flags import FlagError, parse_argv
+
+    try:
+        parsed = parse_argv(flags)
+    except FlagError as exc:
+        raise ValueError(f"model {model!r}: extra_flags: {exc}") from None
+    for name in parsed.values:
+        if name in RESERVED_COMPILE_FLAGS:
+            raise ValueError(f"model {model!r}: extra_flags may not set -{name}: the compile command sets it "
+                             "itself; remove it from extra_flags")
+        if name in CALIBRATE_ONLY_FLAGS:
+            raise ValueError(f"model {model!r}: extra_flags: -{name} is a calibration flag, not valid when "
+                             "compiling; remove it from extra_flags")
+
+
+def target_key(scenario: str, nsp: int) -> str:
+    return f"{scenario}-nsp{nsp}"
+
+
+def parse_target_key(key: str) -> tuple[str, int]:
+    scenario, _, nsp = key.rpartition("-nsp")
+    if scenario not in SCENARIOS or not nsp.isdigit():
+        raise ValueError(f"target {key!r} is not like 'offline-nsp14'")
+    return scenario, int(nsp)
+
+
+def batch_key(batch: int) -> str:
+    return f"bs{batch}"
+
+
+def parse_batch_key(key: str) -> int:
+    if not (key.startswith("bs") and key[2:].isdigit() and int(key[2:]) > 0):
+        raise ValueError(f"batch {key!r} is not like 'bs8'")
+    return int(key[2:])
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load and validate the config; errors name the file and the field."""
+    path = Path(path or os.environ.get("QAIC_ASSETS_CONFIG") or DEFAULT_CONFIG).expanduser().resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found: set QAIC_ASSETS_CONFIG to an existing file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping (storage_root, matrix, models, ...)")
+    if os.environ.get("QAIC_SDK_ROOT"):
+        raw["sdk_root"] = os.environ["QAIC_SDK_ROOT"]
+    if os.environ.get("QAIC_ASSETS_STORAGE_ROOT"):
+        raw["storage_root"] = os.environ["QAIC_ASSETS_STORAGE_ROOT"]
+    raw.setdefault("storage_root", str(Path.cwd() / "artifacts"))
+    raw["source_file"] = str(path)
+    try:
+        return Settings.model_validate(raw, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config file {path}:\n{exc}") from None

@@ -1,0 +1,208 @@
+"""The Dagster UI, checked in a real headless browser (Debian chromium) against an instance where a
+few partitions were materialized with the fake SDK.
+
+`dagster-webserver` serves the project (`-m qaic_assets.definitions`, the config in
+QAIC_ASSETS_CONFIG) on 127.0.0.1 on a free port; chromium renders each page (`--dump-dom` after a
+virtual-time budget, so the React app has fetched and rendered its data) and the test reads the DOM.
+Chromium is installed with apt-get when absent (as root); the test is skipped, saying why, when
+that is impossible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import dagster as dg
+import pytest
+
+from conftest import write_tiny_project
+from qaic_assets.defs.keys import binary_key, profile_key, source_key
+
+LOCATION = "qaic_assets.definitions"
+PAGE_TIMEOUT_S = 45
+
+
+def _find_chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when absent."""
+    exe = _find_chromium()
+    if exe:
+        return exe
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"installing chromium timed out: {' '.join(cmd)}")
+        if done.returncode != 0:
+            pytest.skip(f"installing chromium failed ({' '.join(cmd)}): {done.stderr.strip()[-400:]}")
+    exe = _find_chromium()
+    if not exe:
+        pytest.skip("apt-get installed chromium but no chromium executable is on PATH")
+    return exe
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a process started in its own session, with everything it started."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    """A materialized instance served by dagster-webserver; yields (base_url, project)."""
+    from dagster._core.instance.ref import InstanceRef
+
+    project = write_tiny_project(tmp_path_factory.mktemp("ui") / "project", batch=[1, 2])
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(project.home))) as instance:
+        project.instance = instance
+        project.observe_sdk()
+        project.materialize(source_key("tiny"))
+        project.materialize(profile_key("tiny"), "bs1")
+        project.materialize(binary_key("tiny"), "bs1|offline-nsp14")
+    project.instance = None
+
+    port = _free_port()
+    log = (project.root / "webserver.log").open("wb")
+    env = {**os.environ, "DAGSTER_HOME": str(project.home), "QAIC_ASSETS_CONFIG": str(project.config_path)}
+    for var in ("QAIC_SDK_ROOT", "QAIC_ASSETS_STORAGE_ROOT"):
+        env.pop(var, None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1", "-p", str(port),
+         "-m", LOCATION],
+        cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"dagster-webserver exited ({proc.returncode}):\n"
+                            + (project.root / "webserver.log").read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(base + "/server_info", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("dagster-webserver did not answer within 90 s:\n"
+                            + (project.root / "webserver.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield base, project
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def render(chromium: str, url: str, profile: Path, budget_ms: int = 15000) -> str:
+    """The DOM of `url` after chromium ran the page for `budget_ms` of virtual time."""
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", "--window-size=1600,1200", f"--user-data-dir={profile}",
+           f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=PAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _stop(proc, timeout=5)
+        pytest.fail(f"chromium did not finish rendering {url} within {PAGE_TIMEOUT_S} s")
+    finally:
+        _stop(proc, timeout=5)
+    assert proc.returncode == 0, f"chromium failed on {url}: {err.decode(errors='replace')[-1500:]}"
+    return out.decode("utf-8", errors="replace")
+
+
+def text_of(dom: str) -> str:
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", body).split())
+
+
+def render_until(chromium, url, profile, *needles, attempts=3) -> str:
+    """Render until every needle is in the page text (the code location may still be loading)."""
+    for _ in range(attempts):
+        dom = render(chromium, url, profile)
+        if all(n in text_of(dom) for n in needles):
+            return dom
+    (profile.parent / "last_page.html").write_text(dom)
+    missing = [n for n in needles if n not in text_of(dom)]
+    pytest.fail(f"{url} never showed {missing}; page text: {text_of(dom)[:1500]}")
+
+
+def graph_nodes(dom: str) -> dict[str, float]:
+    """Asset nodes drawn in the lineage graph: name -> x of the node's box in the SVG."""
+    nodes = {}
+    parts = re.split(r"(<foreignObject\b[^>]*>)", dom)
+    for tag, body in zip(parts[1::2], parts[2::2]):
+        x = float(re.search(r'\bx="([-\d.]+)"', tag).group(1))
+        label = text_of(body.split("</foreignObject>")[0])
+        name = next((n for n in ("compiled_binary", "calibration_profile", "source_model", "qaic_sdk")
+                     if label.startswith(n)), None)
+        if name:
+            nodes[name] = x
+    return nodes
+
+
+def test_asset_graph_and_partitions_render(webserver, chromium, tmp_path):
+    base, project = webserver
+    profile = tmp_path / "chromium-profile"
+    started = time.monotonic()
+
+    # the model's lineage graph: qaic_sdk and source_model -> calibration_profile -> compiled_binary
+    dom = render_until(chromium, f"{base}/locations/{LOCATION}/asset-groups/tiny", profile,
+                       "compiled_binary", "calibration_profile", "source_model", "qaic_sdk")
+    nodes = graph_nodes(dom)
+    assert set(nodes) == {"compiled_binary", "calibration_profile", "source_model", "qaic_sdk"}, nodes
+    assert nodes["source_model"] < nodes["calibration_profile"] < nodes["compiled_binary"]
+    assert nodes["qaic_sdk"] < nodes["calibration_profile"]
+    text = text_of(dom)
+    assert "4 partitions" in text and "2 partitions" in text  # binary: 2 batch x 2 targets
+
+    # a compiled binary's partitions: the batch x target matrix, one materialized, and the selected
+    # partition's materialization with its links to the profile and model it was built from
+    partition = "bs1|offline-nsp14"
+    dom = render_until(chromium, f"{base}/assets/tiny/compiled_binary?view=partitions&partition={quote(partition)}",
+                       profile, "Materialized (1)", "Missing (3)", "sdk_version")
+    text = text_of(dom)
+    for key in ("bs1", "bs2", "offline-nsp14", "singlestream-nsp14", partition):
+        assert key in text
+    assert "sdk_version 1.18.2.0.5" in text and "profile_sha256" in text and "model_sha256" in text
+    assert 'href="/assets/tiny/calibration_profile"' in dom and 'href="/assets/tiny/source_model"' in dom
+    assert str(project.root / "store" / "tiny" / "compiled" / "bs1" / "offline-nsp14") in text
+
+    # the project's automation is declared: the SDK observation schedule and the automation sensor
+    dom = render_until(chromium, f"{base}/automation", profile, "qaic_automation", "observe_qaic_sdk_schedule")
+    assert "Every 15 minutes" in text_of(dom)
+    assert time.monotonic() - started < 60

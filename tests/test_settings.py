@@ -1,0 +1,123 @@
+"""Settings loading, validation messages, and SDK detection."""
+
+from pathlib import Path
+
+import pytest
+
+from qaic_assets.settings import ConfigError, load_settings
+from qaic_assets.qaic.sdk import SdkError, sdk_present, sdk_version, select_backend
+
+GOOD = """
+storage_root: ./store
+matrix: {scenarios: [offline, server], nsp: [14], batch: [1, 8]}
+models:
+  mymodel:
+    recipe: resnet50
+    source: {path: m.onnx}
+    calibration: {list: cal.txt, first: 10}
+"""
+
+
+def write(tmp_path, text, name="qaic.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    monkeypatch.delenv("QAIC_SDK_ROOT", raising=False)
+    config = load_settings(write(tmp_path, GOOD))
+    assert config.storage_root == tmp_path / "store"
+    assert config.model("mymodel").source.path == tmp_path / "m.onnx"
+    assert config.model("mymodel").calibration.list == tmp_path / "cal.txt"
+    assert config.sdk_root == Path("/opt/qti-aic")
+    assert config.recipe_of("mymodel") == "resnet50"
+    assert config.matrix_of("mymodel").targets == ["offline-nsp14", "server-nsp14"]
+
+
+def test_env_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("QAIC_SDK_ROOT", str(tmp_path / "sdk"))
+    monkeypatch.setenv("QAIC_ASSETS_CONFIG", str(write(tmp_path, GOOD)))
+    assert load_settings().sdk_root == tmp_path / "sdk"
+
+
+def test_packaged_default_loads(monkeypatch, tmp_path):
+    monkeypatch.delenv("QAIC_ASSETS_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = load_settings()
+    assert set(config.model_names) >= {"resnet50", "retinanet", "bert-99", "digits"}
+    assert config.storage_root == tmp_path / "artifacts"
+    assert config.model("digits").source.path.is_file()
+
+
+@pytest.mark.parametrize("text,needle", [
+    (GOOD.replace("batch: [1, 8]", "batch: [one]"), "matrix.batch"),
+    (GOOD.replace("scenarios: [offline, server]", "scenarios: [offlin]"), "matrix.scenarios"),
+    (GOOD.replace("recipe: resnet50", "recipe: resnet51"), "set `recipe:` to one of"),
+    (GOOD.replace("mymodel:", "'my/model':"), "no '/', '..' or spaces"),
+    (GOOD.replace("mymodel:", "'../up':"), "no '/', '..' or spaces"),
+    (GOOD.replace("mymodel:", "'my model':"), "no '/', '..' or spaces"),
+    (GOOD.replace("{path: m.onnx}", "{url: http://x/m.onnx, sha256: " + "a" * 64 + "}"), "https://"),
+    (GOOD.replace("{path: m.onnx}", "{url: https://x/m.onnx}"), "needs its sha256"),
+    (GOOD.replace("calibration: {list: cal.txt, first: 10}", ""), "calibration.list"),
+    (GOOD.replace("first: 10", "frist: 10"), "frist"),
+    ("matrix: [", "not valid YAML"),
+    ("- a\n- b\n", "must hold a mapping"),
+])
+def test_invalid_config_names_file_and_field(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(path) in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_missing_config_file_says_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="QAIC_ASSETS_CONFIG"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def make_sdk(root: Path, xml: str | None) -> Path:
+    (root / "exec").mkdir(parents=True)
+    (root / "exec" / "qaic-exec").write_text("#!/bin/sh\n")
+    if xml is not None:
+        (root / "versions").mkdir()
+        (root / "versions" / "apps.xml").write_text(xml)
+    return root
+
+
+APPS_XML = """<?xml version="1.0"?>
+<apps_build><ci_build><base_name>AIC_APPS</base_name><base_version>1.18.2</base_version>
+<build_id>0.5</build_id></ci_build></apps_build>"""
+
+
+def test_sdk_version_from_apps_xml(tmp_path):
+    root = make_sdk(tmp_path / "sdk", APPS_XML)
+    assert sdk_present(root)
+    assert sdk_version(root) == "1.18.2.0.5"
+    backend = select_backend("auto", root)
+    assert (backend.name, backend.version, backend.binary_file) == ("qaic", "1.18.2.0.5", "programqpc.bin")
+    assert backend.executable == str(root / "exec" / "qaic-exec")
+
+
+@pytest.mark.parametrize("xml,needle", [
+    (None, "is missing"),
+    ("<apps_build><ci_build>", "not valid XML"),
+    ("<apps_build><ci_build><base_version>1.18</base_version></ci_build></apps_build>", "build_id"),
+])
+def test_sdk_version_errors_name_the_file(tmp_path, xml, needle):
+    root = make_sdk(tmp_path / "sdk", xml)
+    with pytest.raises(SdkError, match=needle) as err:
+        sdk_version(root)
+    assert str(root / "versions" / "apps.xml") in str(err.value)
+
+
+def test_backend_choice(tmp_path):
+    missing = tmp_path / "none"
+    assert select_backend("auto", missing).name == "cpu"
+    assert select_backend("cpu", make_sdk(tmp_path / "sdk", APPS_XML)).name == "cpu"
+    assert select_backend("cpu", missing).version.startswith("onnxruntime-")
+    with pytest.raises(SdkError, match="QAIC_SDK_ROOT"):
+        select_backend("qaic", missing)
+    assert select_backend("qaic", missing, require=False).version == "not-installed"

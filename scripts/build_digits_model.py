@@ -49,7 +49,7 @@ IR_VERSION = 8
 C1, C2 = 16, 32
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "qaic_assets" / "data" / "digits"
+DEFAULT_OUT = REPO / "qaic_assets" / "models" / "data" / "digits"
 
 
 # ------------------------------------------------------------------------------------ numpy CNN

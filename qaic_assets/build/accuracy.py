@@ -1,30 +1,8 @@
-"""How close a compiled CPU model is to its fp32 source, on held-out inputs (backs an asset check).
-
-    compare("resnet50.onnx", "elfs/programqpc.onnx", "heldout.txt", batch=8, symbols={}, labels=None)
-
-Both models run on ONNX Runtime (CPU) with the same dims (``batch`` and ``symbols`` fix the source the
-way the compile fixed the compiled model) over every line of the held-out list (docs/FORMATS.md list format;
-batched or per-sample raw files). Outputs present in both models are compared:
-
-* integer outputs (ArgMax, class ids): ``agreement`` = fraction of equal elements;
-* float outputs: per-sample ``cosine`` similarity (mean and min) and ``max_abs_error``; a 2-D float
-  output [batch, classes] also gets ``top1_agreement`` (argmax over the last axis).
-
-With ``labels`` (a file, one integer label per sample, in list order) the accuracy of both models on
-the first class-like output (integer [batch] / [batch, 1] or float [batch, classes]) and their ratio.
-
-The returned dict is plain numbers; ``score`` is the one to threshold (default pass: >= 0.99):
-``accuracy_ratio`` when labels are given, else the lowest agreement of the integer outputs
-(``top1_agreement``), else the lowest mean cosine similarity of the float outputs (``cosine``);
-``metric`` names which. A float output's ``top1_agreement`` is reported but not scored.
-
-Stored results (build/store.py checks_dir):The comparison's numbers are kept, content-addressed, in `<storage_root>/<model>/checks/<key>.json`;
-the key hashes everything they depend on: the compiled binary's and the source model's sha256, the
-held-out inputs and labels (their bytes), the batch size and the -onnx-define-symbol values. A compile
-op that hits the build cache (nothing changed) therefore reports the stored numbers (metadata
-`cached: true`) instead of running both models over the held-out set again, which on the CPU backend
-costs more than the compile itself (docs/BENCHMARKS.md). The threshold is applied on every evaluation,
-so changing it takes effect without recomputing."""
+"""How close a compiled CPU model is to its fp32 source on held-out inputs (backs the accuracy check):
+both run on ONNX Runtime with the same dims, outputs compared (agreement, cosine, accuracy with labels),
+one ``score`` to threshold. Results are stored content-addressed so an unchanged binary is not
+evaluated again. The metrics and the key: docs/CHECKS.md.
+"""
 
 from __future__ import annotations
 

@@ -1,26 +1,7 @@
-"""Batched calibration inputs for ``qaic-exec -dump-profile``: the seed's ``create_batched_inputs``,
-validated.
-
-The seed's recipe (``calibrate-model-for.qaic``) concatenates B consecutive per-sample raw files into
-one batched raw file per batch, pads the last batch by repeating the last file, and hands qaic-exec
-the list of batched files (``batched_input_files``) with ``-batchsize=B``. Here the same, generalised
-to models with several inputs: a list line holds one raw file per graph input (comma-separated, in
-the order of the model's inputs; see docs/FORMATS.md "Input list files") and each input gets its own
-batched file per batch.
-
-Sample selection, applied in this order:
-
-* ``first=N`` keeps the first N samples (lines) of the list (the seed's ``_first.#``).
-* ``filter_size=N`` keeps N samples spread evenly over the list (CM's calibration dataset filter size,
-  the seed's ``_filter-size.#``): with n lines the kept ones are the lines at positions
-  ``floor(i * n / N)`` for ``i = 0..N-1`` -- every k-th line for k = n/N, deterministic, the first line
-  always included. N >= n keeps everything.
-
-Everything is validated before anything is written: the list exists and has samples, every file of
-the selected lines exists, is a readable regular file and every line has the same number of inputs;
-each file's size is ``input_sizes[k]`` bytes when the caller passes the per-sample byte size of each
-input (computed from the model), else the size of that input's file on the first selected line.
-Only the selected lines are checked (a 50 000 line list with ``first=500`` needs 500 present samples).
+"""Batched calibration inputs for ``qaic-exec -dump-profile``: the seed's ``create_batched_inputs``
+(B samples concatenated per batch, the last padded), for models with several inputs, with the seed's
+``first`` / ``filter_size`` selection, everything validated before anything is written. The rules:
+docs/FORMATS.md "Batched calibration inputs".
 """
 
 from __future__ import annotations

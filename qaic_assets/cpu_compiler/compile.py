@@ -117,6 +117,34 @@ def profile_ranges(entries: Sequence[ProfileEntry], calibration: str, percentile
     return {e.name: (e.min, e.max) for e in entries}
 
 
+def match_profile(profile: profiles.Profile, model: onnx.ModelProto, model_hash: int,
+                  model_path: str | Path) -> tuple[list[ProfileEntry], dict]:
+    """The profile's entries renamed to the model's float tensors (``name:N`` -> output N of the node
+    producing ``name``); entries naming nothing here (compiler-internal nodes, constants, pruned parts)
+    are skipped and counted. Refused: a profile qaic-exec-cpu wrote for another graph, and one with no
+    entry for this model. The SDK's own graph hash is Glow's: recorded, never compared."""
+    ours = profiles.graph_hash_text(model_hash)
+    if profile.written_by_us and profile.graph_hash is not None and profile.graph_hash != ours:
+        raise CompilerError(
+            f"profile {profile.path} was written by {profile.tools_version} for another model (graph hash "
+            f"{profile.graph_hash}, model {model_path} has {ours}): recalibrate {model_path} "
+            "(-dump-profile) or fix -load-profile")
+    wanted = set(graph.float_tensors(model))
+    used, skipped = profiles.match_entries(profile.entries, graph.name_table(model), wanted)
+    if not used:
+        raise CompilerError(
+            f"profile {profile.path} has no entry for any tensor of model {model_path} (its names: "
+            f"{', '.join(e.name for e in profile.entries[:5])}, ...): it profiles another model; "
+            "recalibrate this model or fix -load-profile")
+    entries = [ProfileEntry(t, e.min, e.max, e.histogram) for t, e in used.items()]
+    info = {"path": profile.path, "layout": profile.layout, "tools_version": profile.tools_version,
+            "graph_hash": profile.graph_hash, "model_graph_hash": ours,
+            "graph_hash_checked": profile.written_by_us and profile.graph_hash is not None,
+            "entries": len(profile.entries), "entries_used": len(used), "entries_skipped": len(skipped),
+            "skipped_examples": skipped[:10]}
+    return entries, info
+
+
 # --------------------------------------------------------------------------------------- settings
 
 
@@ -300,7 +328,9 @@ def compile_model(
     [{name, dtype, shape}] (fixed shapes), quantization (null when not quantized: types, symmetry,
     per_channel, calibration, percentile, profile_tensors, ranges_used, uint8_activation_tensors,
     op_types_quantized, op_types_kept_float, nodes_kept_float, quantize_linear_nodes,
-    dequantize_linear_nodes, quantized_activations, quantized_constants, quantized_tensors), seconds.
+    dequantize_linear_nodes, quantized_activations, quantized_constants, quantized_tensors),
+    profile_info (null without a profile: path, layout, tools_version, graph_hash, model_graph_hash,
+    graph_hash_checked, entries, entries_used, entries_skipped, skipped_examples), seconds.
     """
     import onnxruntime as ort
 
@@ -308,12 +338,18 @@ def compile_model(
     s = settings or QuantSettings()
     if node_precision_path is not None:
         s.float_tensors = read_node_precision(node_precision_path)
-    entries = profiles.read_profile(profile_path) if profile_path is not None else None
-    model = graph.prepare_model(model_path, batch=batch, symbols=symbols, output_node_name=output_node_name)
+    profile = profiles.read_profile(profile_path) if profile_path is not None else None
+    model, model_hash = graph.prepare_model_hashed(model_path, batch=batch, symbols=symbols,
+                                                   output_node_name=output_node_name)
     specs = graph.input_specs(model)
     not_applied: dict[str, str] = {}
     quant_info = None
-    if entries is not None:
+    profile_info = None
+    entries = None
+    if profile is not None:
+        entries, profile_info = match_profile(profile, model, model_hash, model_path)
+        log(f"compile: profile {profile_path} ({profile.layout}, {profile.tools_version or 'no tools version'}): "
+            f"{profile_info['entries_used']} entries used, {profile_info['entries_skipped']} skipped")
         ranges = profile_ranges(entries, s.calibration, s.percentile, symmetric=s.activations_symmetric)
         if s.bias_precision != "Int32":
             not_applied["quantization-precision-bias"] = "ORT QDQ quantizes biases to int32 only"
@@ -365,6 +401,7 @@ def compile_model(
         "inputs": [{"name": sp.name, "dtype": np.dtype(sp.dtype).name, "shape": list(sp.shape)} for sp in specs],
         "outputs": _io(model.graph.output),
         "quantization": quant_info,
+        "profile_info": profile_info,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from qaic_assets.build import harness
 from qaic_assets.build.manifest import cache_key, cached_manifest, read_manifest, write_manifest
 from qaic_assets.build.outputs import OutputLocked, atomic_output_dir, clean_stale_temps, output_lock
 from qaic_assets.build.plan import calibrate_command, compile_command
@@ -30,6 +31,7 @@ from qaic_assets.build.store import calibration_dir, model_inputs
 from qaic_assets.hashing import sha256_file
 from qaic_assets.qaic.commands import BATCHED_LIST_FILE, PROFILE_FILE, Command
 from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_sha256
+from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
 from qaic_assets.qaic.sdk import Backend, SdkError, select_backend
 from qaic_assets.settings import Settings, batch_key, target_key
@@ -248,14 +250,26 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
         raise BuildError(str(exc)) from exc
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256},
               "calibration": {"list": str(list_file), "sha256": selection}}
+    with_harness = config.recipe_of(model) == harness.RECIPE
+    if with_harness:  # the names are an input of the harness parameters written beside the profile
+        inputs["harness_names"] = cfg.harness.model_dump(mode="json")
+    extra: dict = {}
 
     def prepare(tmp: Path) -> dict:
         batched = prepare_batched_inputs(list_file, batch, tmp, **subset)
-        return {"samples": batched.n_samples, "batches": batched.n_batches}
+        extra.update(samples=batched.n_samples, batches=batched.n_batches)
+        return extra
 
     def cleanup(tmp: Path) -> None:  # the batched copies served this run only
         shutil.rmtree(tmp / "raw", ignore_errors=True)
         (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
+        if with_harness:  # a profile without the named outputs fails the calibration (nothing replaced)
+            try:
+                params = harness.write_for_profile(tmp / PROFILE_FILE, cfg.harness, fix=(
+                    f"set models.{model}.harness.naming_sets in {config.source_file}"))
+            except (harness.HarnessError, ProfileError) as exc:
+                raise BuildError(str(exc).replace(str(tmp), str(command.cwd))) from exc
+            extra["harness"] = {k: params[k] for k in ("naming_set", "image_input", "values", "defines")}
 
     who = Identity("calibration_profile", model, partition or batch_key(batch), run_id)
     manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,

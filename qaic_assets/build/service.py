@@ -282,7 +282,12 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized)."""
     cfg = config.model(model)
     compiler = backend(config)
-    command = compile_command(config, compiler, model, batch, scenario, nsp)
+    percentile = None
+    if cfg.quantize and cfg.sweeps_percentile:  # the value <model>/percentile_choice picked for this batch
+        from qaic_assets.build.sweep import chosen_percentile, choice_path
+
+        percentile, _ = chosen_percentile(config, model, batch)
+    command = compile_command(config, compiler, model, batch, scenario, nsp, percentile=percentile)
     src = source(config, model)
     _require_node_precision(config, model, command)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
@@ -290,6 +295,9 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
         profile = calibration_dir(config, model, batch) / PROFILE_FILE
         require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
         inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+    if percentile is not None:
+        path = choice_path(config, model, batch)
+        inputs["percentile_choice"] = {"path": str(path), "sha256": sha256_file(path), "value": percentile}
     previous = read_manifest(command.cwd)
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
     manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log)

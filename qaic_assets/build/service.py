@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shlex
@@ -300,8 +301,23 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
         inputs["percentile_choice"] = {"path": str(path), "sha256": sha256_file(path), "value": percentile}
     previous = read_manifest(command.cwd)
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
-    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log)
+    extra: dict = {}
+    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,
+                                 prepare=lambda tmp: extra, cleanup=lambda tmp: extra.update(profile_use(tmp, command)))
     return Built(manifest, cached, command, src, inputs, previous=previous)
+
+
+def profile_use(tmp: Path, command: Command) -> dict:
+    """How many profile entries the CPU compiler used and skipped (from its qaic-exec-cpu.json; the SDK
+    does not say): entries of compiler-internal nodes, constants or other parts are skipped."""
+    try:
+        info = json.loads((tmp / Path(command.output).parent / "qaic-exec-cpu.json").read_text())["profile_info"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not info:
+        return {}
+    return {"profile_entries_used": info["entries_used"], "profile_entries_skipped": info["entries_skipped"],
+            "profile_layout": info["layout"], "profile_tools_version": info["tools_version"]}
 
 
 def upgrade_report(before: dict, after: dict) -> dict:

@@ -57,6 +57,8 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             metadata |= {"profile_sha256": built.inputs["profile"]["sha256"],
                          "profile": dg.MetadataValue.asset(profile_key(model)),
                          "profile_path": dg.MetadataValue.path(built.inputs["profile"]["path"])}
+        extra = manifest.get("extra") or {}
+        metadata |= {k: extra[k] for k in ("profile_entries_used", "profile_entries_skipped") if k in extra}
         if "percentile_choice" in built.inputs:
             from qaic_assets.defs.percentile import choice_key
 

@@ -33,12 +33,18 @@ SWEEP_MODEL = f"""models:
 """
 
 
-def _run(project, key, partition):
+def _run(project, key, partition, *, ok: bool = True, **config):
     graph = project.defs.resolve_asset_graph()
+    op = "__".join(key.path)
     result = dg.materialize([graph.get(key).assets_def], instance=project.instance, partition_key=partition,
-                            selection=[key])
-    assert result.success
+                            selection=[key], raise_on_error=False,
+                            run_config={"ops": {op: {"config": config}}} if config else None)
+    assert result.success == ok
     return result
+
+
+def _failure(result) -> str:
+    return [e for e in result.all_events if e.is_step_failure][0].step_failure_data.error.message
 
 
 @pytest.mark.project(backend="cpu")
@@ -54,6 +60,8 @@ def test_sweep_picks_the_most_accurate_value_and_the_binary_uses_it(tiny_project
     assert f"-percentile-calibration-value={SWEEP_PLACEHOLDER.format(model='digits', batch=8)}" in plan.argv
 
     _run(tiny_project, profile_key("digits"), "bs8")
+    failed = _run(tiny_project, binary_key("digits"), "bs8|offline-nsp14", ok=False)
+    assert "materialize digits/percentile_choice bs8 first" in _failure(failed)
     result = _run(tiny_project, choice_key("digits"), "bs8")
     meta = result.asset_materializations_for_node("digits__percentile_choice")[0].metadata
     store = tiny_project.root / "store" / "digits"
@@ -83,3 +91,9 @@ def test_sweep_picks_the_most_accurate_value_and_the_binary_uses_it(tiny_project
     assert "-quantization-calibration=Percentile" in executed
     assert meta["percentile"].value == best
     assert meta["percentile_choice"].value == choice_key("digits")
+    assert meta["profile_entries_used"].value > 0 and meta["profile_entries_skipped"].value == 0
+
+    profile = store / "calibration" / "bs8" / "profile.yaml"
+    profile.write_text(profile.read_text() + "# another profile now\n")
+    failed = _run(tiny_project, binary_key("digits"), "bs8|offline-nsp14", ok=False, force=True)
+    assert "was made on another profile" in _failure(failed) and "digits/percentile_choice bs8 again" in _failure(failed)

@@ -15,6 +15,7 @@ import pytest
 from qaic_assets.build import accuracy
 from qaic_assets.build.plan import SWEEP_PLACEHOLDER, compile_command
 from qaic_assets.defs.keys import binary_key, profile_key
+from qaic_assets.defs.lineage import lineage
 from qaic_assets.defs.percentile import choice_key
 from qaic_assets.qaic.sdk import cpu_backend
 
@@ -92,6 +93,10 @@ def test_sweep_picks_the_most_accurate_value_and_the_binary_uses_it(tiny_project
     assert meta["percentile"].value == best
     assert meta["percentile_choice"].value == choice_key("digits")
     assert meta["profile_entries_used"].value > 0 and meta["profile_entries_skipped"].value == 0
+
+    chain = lineage(tiny_project.instance, "digits", "bs8|offline-nsp14")  # binary <- choice <- profile
+    assert chain["percentile_choice"]["chosen_percentile"] == best
+    assert chain["percentile_choice"]["profile_sha256"] == chain["profile"]["sha256"]
 
     profile = store / "calibration" / "bs8" / "profile.yaml"
     profile.write_text(profile.read_text() + "# another profile now\n")

@@ -296,9 +296,8 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
         profile = calibration_dir(config, model, batch) / PROFILE_FILE
         require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
         inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
-    if percentile is not None:
-        path = choice_path(config, model, batch)
-        inputs["percentile_choice"] = {"path": str(path), "sha256": sha256_file(path), "value": percentile}
+    if percentile is not None:  # the value (in the argv too), not the file: a re-run sweep changes its run id
+        inputs["percentile_choice"] = {"path": str(choice_path(config, model, batch)), "value": percentile}
     previous = read_manifest(command.cwd)
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
     extra: dict = {}

@@ -94,6 +94,14 @@ def test_sweep_picks_the_most_accurate_value_and_the_binary_uses_it(tiny_project
     assert meta["percentile_choice"].value == choice_key("digits")
     assert meta["profile_entries_used"].value > 0 and meta["profile_entries_skipped"].value == 0
 
+    # a re-run sweep reuses its candidates and keeps the choice: the binary stays cached
+    again = _run(tiny_project, choice_key("digits"), "bs8")
+    again_meta = again.asset_materializations_for_node("digits__percentile_choice")[0].metadata
+    assert again_meta["chosen_percentile"].value == best
+    assert again_meta["candidates"].value.records[0].data["cached"] is True
+    result = _run(tiny_project, binary_key("digits"), "bs8|offline-nsp14")
+    assert result.asset_materializations_for_node("digits__compiled_binary")[0].metadata["cached"].value is True
+
     chain = lineage(tiny_project.instance, "digits", "bs8|offline-nsp14")  # binary <- choice <- profile
     assert chain["percentile_choice"]["chosen_percentile"] == best
     assert chain["percentile_choice"]["profile_sha256"] == chain["profile"]["sha256"]

@@ -97,7 +97,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(chain, indent=2, default=str))
         return 0 if chain["binary"] else 1
-    for step in ("model", "profile", "binary"):
+    for step in ("model", "profile", "percentile_choice", "binary"):
+        if step not in chain:  # only with `percentile: sweep`
+            continue
         info = chain[step]
         print(f"{step}:")
         if not info:

@@ -112,6 +112,34 @@ class Matrix(_Strict):
         return [batch_key(b) for b in self.batch]
 
 
+class NamingSet(_Strict):
+    """One naming set of the RetinaNet head outputs in the profile: loc (boxes) and conf (scores), one
+    name per output, in the harness's order (build/harness.py)."""
+
+    loc: list[str] = Field(min_length=1)
+    conf: list[str] = Field(min_length=1)
+
+
+#: CM's calibrate-model-for.qaic postprocess (mlcommons/ck 7e6f438f5): newer exports, then older ones
+CM_NAMING_SETS = (
+    NamingSet(loc=["/GatherElements/:0"] + [f"/GatherElements_{i}/:0" for i in range(1, 5)],
+              conf=["/TopK/:0"] + [f"/TopK_{i}/:0" for i in range(1, 5)]),
+    NamingSet(loc=[f"GatherElements_{n}/:0" for n in (588, 598, 608, 618, 628)],
+              conf=[f"TopK_{n}/:0" for n in (570, 572, 574, 576, 578)]),
+)
+
+
+class Harness(_Strict):
+    """Profile names the RetinaNet harness parameters are computed from (defaults: CM's)."""
+
+    image_inputs: list[str] = Field(default_factory=lambda: ["images:0", "images/:0"])
+    naming_sets: list[NamingSet] = Field(default_factory=lambda: list(CM_NAMING_SETS), min_length=1)
+
+
+#: `percentile: sweep` without `percentile_candidates`: the range MLPerf submitters sweep by hand
+DEFAULT_PERCENTILE_CANDIDATES = (99.997, 99.999, 99.9995, 99.9997)
+
+
 class ModelConfig(_Strict):
     recipe: str | None = None
     source: Source
@@ -120,7 +148,12 @@ class ModelConfig(_Strict):
     node_precision: ConfigPath | None = None
     matrix: Matrix | None = None
     quantize: bool = True
-    percentile: float | None = Field(default=None, gt=0, le=100)
+    # a -percentile-calibration-value, or `sweep`: the `<model>/percentile_choice` asset measures
+    # percentile_candidates with the CPU reference compiler and compiled_binary uses the best
+    percentile: Annotated[float, Field(gt=0, le=100)] | Literal["sweep"] | None = None
+    percentile_candidates: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        default_factory=lambda: list(DEFAULT_PERCENTILE_CANDIDATES), min_length=1)
+    harness: Harness = Field(default_factory=Harness)  # used by the retinanet recipe
     accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
     # qaic-exec flags appended to every compile of this model (after the recipe's, before -batchsize),
     # one argv item each (`-name` or `-name=value`; never split, never through a shell); checked
@@ -133,7 +166,21 @@ class ModelConfig(_Strict):
             self.calibration is None or self.calibration.list is None
         ):
             raise ValueError("a quantized model needs calibration.list (a list of raw input files)")
+        if self.percentile == "sweep" and not self.quantize:
+            raise ValueError("percentile: sweep needs quantize: true (the sweep compiles int8 candidates)")
+        if self.percentile == "sweep" and self.heldout is None and self.source.standin is None:
+            raise ValueError("percentile: sweep needs heldout.list: candidates are measured on held-out inputs")
+        if len(set(self.percentile_candidates)) != len(self.percentile_candidates):
+            raise ValueError(f"percentile_candidates must be unique, got {self.percentile_candidates}")
+        for ns in self.harness.naming_sets:
+            if len(ns.loc) != len(ns.conf):
+                raise ValueError(f"harness naming set {ns.loc[0]!r}: loc and conf need one name per output "
+                                 f"each ({len(ns.loc)} loc, {len(ns.conf)} conf)")
         return self
+
+    @property
+    def sweeps_percentile(self) -> bool:
+        return self.percentile == "sweep"
 
 
 class Nightly(_Strict):

@@ -46,6 +46,10 @@ class TargetPlan:
         }
 
 
+#: what `plan` shows for the percentile of a `percentile: sweep` model (the value is chosen at build time)
+SWEEP_PLACEHOLDER = "<chosen-by-{model}/percentile_choice-bs{batch}>"
+
+
 def calibrate_command(config: Settings, backend: Backend, model: str, batch: int) -> Command:
     inputs = model_inputs(config, model)
     values = placeholders(batch, config.profiling_threads, inputs.node_precision)
@@ -60,6 +64,8 @@ def compile_command(
     cfg = config.model(model)
     quantize = cfg.quantize if quantize is None else quantize
     percentile = cfg.percentile if percentile is None else percentile
+    if percentile == "sweep":  # chosen by <model>/percentile_choice; the build passes the value
+        percentile = SWEEP_PLACEHOLDER.format(model=model, batch=batch)
     inputs = model_inputs(config, model)
     values = placeholders(batch, config.profiling_threads, inputs.node_precision)
     profile = calibration_dir(config, model, batch) / PROFILE_FILE if quantize else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shlex
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from qaic_assets.build import harness
 from qaic_assets.build.manifest import cache_key, cached_manifest, read_manifest, write_manifest
 from qaic_assets.build.outputs import OutputLocked, atomic_output_dir, clean_stale_temps, output_lock
 from qaic_assets.build.plan import calibrate_command, compile_command
@@ -30,6 +32,7 @@ from qaic_assets.build.store import calibration_dir, model_inputs
 from qaic_assets.hashing import sha256_file
 from qaic_assets.qaic.commands import BATCHED_LIST_FILE, PROFILE_FILE, Command
 from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_sha256
+from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
 from qaic_assets.qaic.sdk import Backend, SdkError, select_backend
 from qaic_assets.settings import Settings, batch_key, target_key
@@ -248,14 +251,26 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
         raise BuildError(str(exc)) from exc
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256},
               "calibration": {"list": str(list_file), "sha256": selection}}
+    with_harness = config.recipe_of(model) == harness.RECIPE
+    if with_harness:  # the names are an input of the harness parameters written beside the profile
+        inputs["harness_names"] = cfg.harness.model_dump(mode="json")
+    extra: dict = {}
 
     def prepare(tmp: Path) -> dict:
         batched = prepare_batched_inputs(list_file, batch, tmp, **subset)
-        return {"samples": batched.n_samples, "batches": batched.n_batches}
+        extra.update(samples=batched.n_samples, batches=batched.n_batches)
+        return extra
 
     def cleanup(tmp: Path) -> None:  # the batched copies served this run only
         shutil.rmtree(tmp / "raw", ignore_errors=True)
         (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
+        if with_harness:  # a profile without the named outputs fails the calibration (nothing replaced)
+            try:
+                params = harness.write_for_profile(tmp / PROFILE_FILE, cfg.harness, fix=(
+                    f"set models.{model}.harness.naming_sets in {config.source_file}"))
+            except (harness.HarnessError, ProfileError) as exc:
+                raise BuildError(str(exc).replace(str(tmp), str(command.cwd))) from exc
+            extra["harness"] = {k: params[k] for k in ("naming_set", "image_input", "values", "defines")}
 
     who = Identity("calibration_profile", model, partition or batch_key(batch), run_id)
     manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,
@@ -268,7 +283,12 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized)."""
     cfg = config.model(model)
     compiler = backend(config)
-    command = compile_command(config, compiler, model, batch, scenario, nsp)
+    percentile = None
+    if cfg.quantize and cfg.sweeps_percentile:  # the value <model>/percentile_choice picked for this batch
+        from qaic_assets.build.sweep import chosen_percentile, choice_path
+
+        percentile, _ = chosen_percentile(config, model, batch)
+    command = compile_command(config, compiler, model, batch, scenario, nsp, percentile=percentile)
     src = source(config, model)
     _require_node_precision(config, model, command)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
@@ -276,10 +296,27 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
         profile = calibration_dir(config, model, batch) / PROFILE_FILE
         require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
         inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+    if percentile is not None:  # the value (in the argv too), not the file: a re-run sweep changes its run id
+        inputs["percentile_choice"] = {"path": str(choice_path(config, model, batch)), "value": percentile}
     previous = read_manifest(command.cwd)
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
-    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log)
+    extra: dict = {}
+    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,
+                                 prepare=lambda tmp: extra, cleanup=lambda tmp: extra.update(profile_use(tmp, command)))
     return Built(manifest, cached, command, src, inputs, previous=previous)
+
+
+def profile_use(tmp: Path, command: Command) -> dict:
+    """How many profile entries the CPU compiler used and skipped (from its qaic-exec-cpu.json; the SDK
+    does not say): entries of compiler-internal nodes, constants or other parts are skipped."""
+    try:
+        info = json.loads((tmp / Path(command.output).parent / "qaic-exec-cpu.json").read_text())["profile_info"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not info:
+        return {}
+    return {"profile_entries_used": info["entries_used"], "profile_entries_skipped": info["entries_skipped"],
+            "profile_layout": info["layout"], "profile_tools_version": info["tools_version"]}
 
 
 def upgrade_report(before: dict, after: dict) -> dict:

@@ -27,9 +27,16 @@ from pathlib import Path
 import numpy as np
 from onnx import helper
 
-from qaic_assets.cpu_compiler.graph import CompilerError, float_tensors, input_specs, prepare_model, value_aliases
+from qaic_assets.cpu_compiler.graph import (
+    CompilerError,
+    float_tensors,
+    input_specs,
+    prepare_model_hashed,
+    profile_names,
+    value_aliases,
+)
 from qaic_assets.qaic.formats import rawdata
-from qaic_assets.qaic.formats.profiles import ProfileEntry, write_profile
+from qaic_assets.qaic.formats.profiles import OUR_TOOL, ProfileEntry, write_profile
 from qaic_assets.qaic.formats.rawdata import InputSpec
 
 DEFAULT_BINS = 512
@@ -122,6 +129,15 @@ def rebin(hist: np.ndarray, lo: float, hi: float, new_lo: float, new_hi: float) 
 # -------------------------------------------------------------------------------------- calibration
 
 
+def tools_version() -> str:
+    """The GlowToolsVersion document of our profiles: names qaic-exec-cpu and its versions."""
+    import onnxruntime
+
+    from qaic_assets.qaic.sdk import package_version
+
+    return f"{OUR_TOOL} {package_version()} onnxruntime-{onnxruntime.__version__}"
+
+
 @dataclass
 class CalibrationResult:
     entries: list[ProfileEntry]
@@ -149,7 +165,8 @@ def calibrate(
 
     if bins < 1:
         raise CompilerError(f"-num-histogram-bins={bins}: needs a positive number of bins")
-    model = prepare_model(model_path, batch=batch, symbols=symbols, output_node_name=output_node_name)
+    model, model_hash = prepare_model_hashed(model_path, batch=batch, symbols=symbols,
+                                             output_node_name=output_node_name)
     specs = input_specs(model)
     lines = rawdata.read_input_list(input_list)
     if not lines:
@@ -231,15 +248,16 @@ def calibrate(
     if pool is not None:
         pool.shutdown()
     entries = []
+    names = profile_names(model, tensors)  # the SDK's `<node output>:<result#>` names
     for t in tensors:
         h = stats[t]
         if h.hist is None:  # empty or all non-finite: nothing observed
-            entries.append(ProfileEntry(t, 0.0, 0.0, [0] * bins))
+            entries.append(ProfileEntry(names[t], 0.0, 0.0, [0] * bins))
         else:
-            entries.append(ProfileEntry(t, h.lo, h.hi, h.counts()))
+            entries.append(ProfileEntry(names[t], h.lo, h.hi, h.counts()))
     if profile_path is not None:
         try:
-            write_profile(profile_path, entries)
+            write_profile(profile_path, entries, tools_version=tools_version(), graph_hash=model_hash)
         except OSError as exc:
             raise CompilerError(f"cannot write profile {profile_path} ({exc}): fix -dump-profile") from None
     return CalibrationResult(entries, n_batches, n_samples, t_run, t_stats, specs)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,63 +58,11 @@ from onnx import helper
 from qaic_assets.cpu_compiler import graph
 from qaic_assets.cpu_compiler.graph import CompilerError
 from qaic_assets.qaic.formats import profiles
-from qaic_assets.qaic.formats.profiles import ProfileEntry
+from qaic_assets.cpu_compiler.ranges import match_profile, profile_ranges
 
 BINARY_FILE = "programqpc.onnx"
 INFO_FILE = "qaic-exec-cpu.json"
 DEFAULT_SCHEMA = "symmetric_with_uint8"
-
-
-# ------------------------------------------------------------------------------------------ ranges
-
-
-def _cdf(entry: ProfileEntry) -> tuple[np.ndarray, np.ndarray]:
-    h = np.asarray(entry.histogram, dtype=np.float64)
-    edges = np.linspace(entry.min, entry.max, h.size + 1)
-    return edges, np.concatenate(([0.0], np.cumsum(h)))
-
-
-def _invert(xs: np.ndarray, cdf: np.ndarray, q: float) -> float:
-    """Smallest x with piecewise-linear CDF(x) >= q (cdf nondecreasing over xs)."""
-    i = int(np.searchsorted(cdf, q, side="left"))
-    if i <= 0:
-        return float(xs[0])
-    if i >= cdf.size:
-        return float(xs[-1])
-    c0, c1 = cdf[i - 1], cdf[i]
-    frac = 0.0 if c1 <= c0 else (q - c0) / (c1 - c0)
-    return float(xs[i - 1] + frac * (xs[i] - xs[i - 1]))
-
-
-def percentile_range(entry: ProfileEntry, percentile: float, *, symmetric: bool) -> tuple[float, float]:
-    """The percentile range of a profile entry computed from its histogram (see module doc)."""
-    if not 0 < percentile <= 100:
-        raise CompilerError(f"-percentile-calibration-value={percentile}: must be in (0, 100], e.g. 99.99")
-    if not entry.histogram or sum(entry.histogram) <= 0 or entry.max <= entry.min:
-        return entry.min, entry.max
-    edges, cdf = _cdf(entry)
-    total = cdf[-1]
-    if symmetric:
-        # F(t) = mass with |x| <= t; piecewise linear between the |edges|
-        ts = np.unique(np.concatenate(([0.0], np.abs(edges))))
-        ts = ts[ts <= max(abs(entry.min), abs(entry.max))]
-        f = np.interp(ts, edges, cdf) - np.interp(-ts, edges, cdf)
-        f = np.maximum.accumulate(f)
-        t = _invert(ts, f, percentile / 100.0 * total)
-        return max(-t, entry.min), min(t, entry.max)
-    cut = (100.0 - percentile) / 200.0 * total
-    lo = _invert(edges, cdf, cut)
-    hi = _invert(edges, cdf, total - cut)
-    return lo, max(hi, lo)
-
-
-def profile_ranges(entries: Sequence[ProfileEntry], calibration: str, percentile: float | None,
-                   *, symmetric: bool) -> dict[str, tuple[float, float]]:
-    if calibration == "Percentile":
-        if percentile is None:
-            raise CompilerError("-quantization-calibration=Percentile needs -percentile-calibration-value=<V>")
-        return {e.name: percentile_range(e, percentile, symmetric=symmetric) for e in entries}
-    return {e.name: (e.min, e.max) for e in entries}
 
 
 # --------------------------------------------------------------------------------------- settings
@@ -300,7 +248,9 @@ def compile_model(
     [{name, dtype, shape}] (fixed shapes), quantization (null when not quantized: types, symmetry,
     per_channel, calibration, percentile, profile_tensors, ranges_used, uint8_activation_tensors,
     op_types_quantized, op_types_kept_float, nodes_kept_float, quantize_linear_nodes,
-    dequantize_linear_nodes, quantized_activations, quantized_constants, quantized_tensors), seconds.
+    dequantize_linear_nodes, quantized_activations, quantized_constants, quantized_tensors),
+    profile_info (null without a profile: path, layout, tools_version, graph_hash, model_graph_hash,
+    graph_hash_checked, entries, entries_used, entries_skipped, skipped_examples), seconds.
     """
     import onnxruntime as ort
 
@@ -308,12 +258,18 @@ def compile_model(
     s = settings or QuantSettings()
     if node_precision_path is not None:
         s.float_tensors = read_node_precision(node_precision_path)
-    entries = profiles.read_profile(profile_path) if profile_path is not None else None
-    model = graph.prepare_model(model_path, batch=batch, symbols=symbols, output_node_name=output_node_name)
+    profile = profiles.read_profile(profile_path) if profile_path is not None else None
+    model, model_hash = graph.prepare_model_hashed(model_path, batch=batch, symbols=symbols,
+                                                   output_node_name=output_node_name)
     specs = graph.input_specs(model)
     not_applied: dict[str, str] = {}
     quant_info = None
-    if entries is not None:
+    profile_info = None
+    entries = None
+    if profile is not None:
+        entries, profile_info = match_profile(profile, model, model_hash, model_path)
+        log(f"compile: profile {profile_path} ({profile.layout}, {profile.tools_version or 'no tools version'}): "
+            f"{profile_info['entries_used']} entries used, {profile_info['entries_skipped']} skipped")
         ranges = profile_ranges(entries, s.calibration, s.percentile, symmetric=s.activations_symmetric)
         if s.bias_precision != "Int32":
             not_applied["quantization-precision-bias"] = "ORT QDQ quantizes biases to int32 only"
@@ -365,6 +321,7 @@ def compile_model(
         "inputs": [{"name": sp.name, "dtype": np.dtype(sp.dtype).name, "shape": list(sp.shape)} for sp in specs],
         "outputs": _io(model.graph.output),
         "quantization": quant_info,
+        "profile_info": profile_info,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")

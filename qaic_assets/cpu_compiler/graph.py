@@ -5,6 +5,7 @@ that can be quantized."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from qaic_assets.qaic.formats.profiles import NameTable, output_name
 from qaic_assets.qaic.formats.rawdata import InputSpec
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
@@ -248,9 +250,42 @@ def value_aliases(model: onnx.ModelProto, tensors: set[str]) -> dict[str, str]:
 def prepare_model(path: str | Path, *, batch: int | None, symbols: Mapping[str, int] | None,
                   output_node_name: str | None = None) -> onnx.ModelProto:
     """load -> prune to output node -> fix dims (shape-inferred)."""
+    return prepare_model_hashed(path, batch=batch, symbols=symbols, output_node_name=output_node_name)[0]
+
+
+def prepare_model_hashed(path: str | Path, *, batch: int | None, symbols: Mapping[str, int] | None,
+                         output_node_name: str | None = None) -> tuple[onnx.ModelProto, int]:
+    """``prepare_model`` and the ``graph_hash`` of the model as loaded (before pruning / fixing dims)."""
     model = load_model(path)
+    digest = graph_hash(model)
     if output_node_name:
         model = prune_to_output(model, output_node_name, inplace=True)
-    return fix_dims(model, batch, symbols, inplace=True)
+    return fix_dims(model, batch, symbols, inplace=True), digest
+
+
+def graph_hash(model: onnx.ModelProto) -> int:
+    """64 bits of sha256 over the graph (nodes, inputs, outputs, initializers with their values): the
+    ``GraphPreLowerHash`` of the profiles qaic-exec-cpu writes, so a profile of another model is
+    recognised. (The SDK's hash is Glow's, over its own graph, and cannot be recomputed here.)"""
+    h = hashlib.sha256()
+    g = model.graph
+    for part in (*g.node, *g.input, *g.output, *g.initializer, *g.sparse_initializer):
+        blob = part.SerializeToString()  # one tensor at a time: memory stays bounded
+        h.update(len(blob).to_bytes(8, "little"))
+        h.update(blob)
+    return int.from_bytes(h.digest()[:8], "big")
+
+
+def name_table(model: onnx.ModelProto) -> NameTable:
+    """The model's names for mapping profile entries (``name:N``) onto its tensors."""
+    nodes = {n.name: list(n.output) for n in model.graph.node if n.name}
+    producer = {o: list(n.output) for n in model.graph.node for o in n.output if o}
+    return NameTable(nodes, producer, [i.name for i in real_inputs(model)])
+
+
+def profile_names(model: onnx.ModelProto, tensors: list[str]) -> dict[str, str]:
+    """tensor -> its profile name: ``<first output of its node>:<result#>``, graph inputs ``<name>:0``."""
+    producer = {o: list(n.output) for n in model.graph.node for o in n.output if o}
+    return {t: output_name(t, producer.get(t)) for t in tensors}
 
 

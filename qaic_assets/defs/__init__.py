@@ -22,6 +22,10 @@ def model_assets(project: Settings, model: str, automation_condition=None) -> li
     assets = [source_asset(project, model)]
     if project.model(model).quantize:
         assets.append(calibration_asset(project, model, tags, automation_condition))
+        if project.model(model).sweeps_percentile:
+            from qaic_assets.defs.percentile import percentile_asset
+
+            assets.append(percentile_asset(project, model, tags, automation_condition))
     assets.append(compile_asset(project, model, tags, automation_condition))
     return assets
 

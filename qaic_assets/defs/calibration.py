@@ -1,9 +1,12 @@
 """`<model>/calibration_profile`, one partition per batch: `-dump-profile` over the batched
 calibration set, run by the build service."""
 
+import shlex
+from pathlib import Path
+
 import dagster as dg
 
-from qaic_assets.build import service
+from qaic_assets.build import harness, service
 from qaic_assets.defs.keys import POOL, SDK_KEY, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
@@ -32,7 +35,7 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
                                       force=config.force, log=context.log)
         manifest = built.manifest
         return dg.MaterializeResult(
-            metadata=build_metadata(manifest, built.cached) | {
+            metadata=build_metadata(manifest, built.cached) | harness_metadata(manifest) | {
                 "model_sha256": built.source.sha256,
                 "calibration_list": dg.MetadataValue.path(str(built.extra["list_file"])),
                 "calibration_sha256": built.extra["selection"],
@@ -43,3 +46,16 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
         )
 
     return calibration_profile
+
+
+def harness_metadata(manifest: dict) -> dict:
+    """The RetinaNet harness parameters written beside the profile (build/harness.py), numbers as numbers."""
+    params = manifest["extra"].get("harness")
+    if not params:
+        return {}
+    profile_dir = Path(manifest["output"]["path"]).parent
+    return {f"harness_{k}": v for k, v in params["values"].items()} | {
+        "harness_naming_set": params["naming_set"],
+        "harness_defines": dg.MetadataValue.text(shlex.join(params["defines"])),
+        "harness_params": dg.MetadataValue.path(str(profile_dir / harness.PARAMS_FILE)),
+    }

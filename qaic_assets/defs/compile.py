@@ -18,6 +18,10 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
     deps = [dg.AssetDep(source_key(model)), dg.AssetDep(SDK_KEY)]
     if cfg.quantize:
         deps.append(dg.AssetDep(profile_key(model), partition_mapping=profile_mapping()))
+    if cfg.quantize and cfg.sweeps_percentile:  # binary <- percentile_choice <- profile
+        from qaic_assets.defs.percentile import choice_key
+
+        deps.append(dg.AssetDep(choice_key(model), partition_mapping=profile_mapping()))
     check_specs = []
     if on_cpu and (cfg.heldout or cfg.source.standin):
         check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
@@ -53,6 +57,13 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             metadata |= {"profile_sha256": built.inputs["profile"]["sha256"],
                          "profile": dg.MetadataValue.asset(profile_key(model)),
                          "profile_path": dg.MetadataValue.path(built.inputs["profile"]["path"])}
+        extra = manifest.get("extra") or {}
+        metadata |= {k: extra[k] for k in ("profile_entries_used", "profile_entries_skipped") if k in extra}
+        if "percentile_choice" in built.inputs:
+            from qaic_assets.defs.percentile import choice_key
+
+            metadata |= {"percentile": float(built.inputs["percentile_choice"]["value"]),
+                         "percentile_choice": dg.MetadataValue.asset(choice_key(model))}
         previous = built.previous
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)

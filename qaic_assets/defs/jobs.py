@@ -9,6 +9,7 @@ from collections import defaultdict
 import dagster as dg
 
 from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.defs.percentile import choice_key
 from qaic_assets.settings import Settings
 
 OBSERVE_JOB = "observe_qaic_sdk"
@@ -33,6 +34,8 @@ def build_jobs(config: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
     for model, (calib_job, compile_job) in matrix_jobs(config).items():
         if config.model(model).quantize:
             selections[calib_job].append(profile_key(model))
+            if config.model(model).sweeps_percentile:  # same batch partitions: runs after the profile
+                selections[calib_job].append(choice_key(model))
         selections[compile_job].append(binary_key(model))
     return [
         dg.define_asset_job(SOURCES_JOB, selection=[source_key(m) for m in config.model_names],

@@ -35,7 +35,8 @@ def _values(record, *names: str) -> dict:
 
 
 def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:
-    """model sha256 -> profile (path, sha256, calibration list) -> binary (path, sha256, SDK, argv, run)."""
+    """model sha256 -> profile (path, sha256, calibration list) [-> percentile_choice, with `percentile:
+    sweep`] -> binary (path, sha256, SDK, argv, run)."""
     chain: dict = {"model": None, "profile": None, "binary": None}
     binaries = _records(instance, binary_key(model), partition)
     if binaries:
@@ -57,6 +58,15 @@ def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:
                                               "calibration_samples", "sdk_version"),
                                     "run_id": prof.run_id}
                 break
+        percentile = rec.asset_materialization.metadata.get("percentile_choice")
+        if percentile is not None:  # `percentile: sweep`: binary <- percentile_choice <- profile
+            chosen = _values(rec, "percentile").get("percentile")
+            for choice in _records(instance, percentile.value, batch, limit=50):
+                values = _values(choice, "chosen_percentile", "chosen_score", "metric", "profile_sha256", "path")
+                if values.get("chosen_percentile") == chosen and (
+                        used_profile is None or values.get("profile_sha256") == used_profile.value):
+                    chain["percentile_choice"] = {**values, "run_id": choice.run_id}
+                    break
         for src in _records(instance, source_key(model), None, limit=50):
             if used_model is None or _values(src, "sha256").get("sha256") == used_model.value:
                 chain["model"] = {**_values(src, "path", "sha256", "source_kind"), "run_id": src.run_id}

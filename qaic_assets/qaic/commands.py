@@ -54,7 +54,8 @@ def calibrate_argv(backend: Backend, recipe: str, batch: int, model_file: Path, 
 
 
 def compile_argv(backend: Backend, recipe: str, scenario: str, nsp: int, batch: int, model_file: Path,
-                 profile: Path | None, extra_flags: list[str], percentile: float | None, values: dict) -> list[str]:
+                 profile: Path | None, extra_flags: list[str], percentile: float | str | None,
+                 values: dict) -> list[str]:
     """qaic-exec -model=M [-load-profile=P] -aic-binary-dir=D <params_base> <args> <args_sut>
     <extra_flags> -batchsize=B [percentile flags]. Not quantized (no profile): -convert-to-fp16."""
     resolved = recipes.resolve_compile(recipe, scenario, nsp)
@@ -71,7 +72,8 @@ def compile_argv(backend: Backend, recipe: str, scenario: str, nsp: int, batch: 
         f"-batchsize={batch}",
     ]
     if profile is not None and percentile is not None:
-        argv += expand(recipes.percentile_params(), percentile=f"{percentile:g}")
+        value = percentile if isinstance(percentile, str) else f"{percentile:g}"  # str: a placeholder
+        argv += expand(recipes.percentile_params(), percentile=value)
     return argv
 
 

@@ -22,7 +22,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from qaic_assets.build import accuracy
-from qaic_assets.cpu_compiler import calibrate as cpu_calibrate, compile as cpu_compile, graph, main as cpu_exec
+from qaic_assets.cpu_compiler import calibrate as cpu_calibrate, graph, main as cpu_exec, ranges
 from qaic_assets.qaic.formats import profiles
 from qaic_assets.qaic import flags as qaic_flags
 from qaic_assets.qaic.formats import rawdata
@@ -219,22 +219,30 @@ def _float_weight_consumers(path: Path) -> set[str]:
 # ----------------------------------------------------------------------------------- calibration
 
 
+def _entries(path: Path) -> list[dict]:
+    """The list document of a profile (the third of the SDK's three YAML documents)."""
+    docs = list(yaml.load_all(Path(path).read_text(), Loader=yaml.BaseLoader))
+    assert len(docs) == 3 and set(docs[0]) == {"GlowToolsVersion"} and set(docs[1]) == {"GraphPreLowerHash"}
+    return [{"NodeOutputName": e["NodeOutputName"], "Min": float(e["Min"]), "Max": float(e["Max"]),
+             "Histogram": [float(v) for v in e["Histogram"]]} for e in docs[2]]
+
+
 def test_profile_lists_every_float_tensor_with_ranges_and_histograms(conv, conv_profile):
-    doc = yaml.safe_load(conv_profile.read_text())
+    doc = _entries(conv_profile)
     fixed = graph.fix_dims(onnx.load(str(conv["model"])), 8)
     expected = graph.float_tensors(fixed)
-    assert [e["NodeOutputName"] for e in doc] == expected
+    assert [e["NodeOutputName"] for e in doc] == sorted(f"{t}:0" for t in expected)  # the SDK's names, sorted
     assert {"x", "c1", "r1", "p1", "c2", "r2", "feat", "logits", "prob"} <= set(expected)
     for e in doc:
         assert e["Min"] <= e["Max"]
         assert len(e["Histogram"]) == 64
     by = {e["NodeOutputName"]: e for e in doc}
     x = conv["cal_samples"]
-    assert by["x"]["Min"] == pytest.approx(float(x.min()))
-    assert by["x"]["Max"] == pytest.approx(float(x.max()))
-    assert sum(by["x"]["Histogram"]) == x.size  # every calibration value counted once
-    assert by["r1"]["Min"] >= 0  # ReLU output
-    assert sum(by["prob"]["Histogram"]) == 32 * N_CLASSES
+    assert by["x:0"]["Min"] == pytest.approx(float(x.min()))
+    assert by["x:0"]["Max"] == pytest.approx(float(x.max()))
+    assert sum(by["x:0"]["Histogram"]) == x.size  # every calibration value counted once
+    assert by["r1:0"]["Min"] >= 0  # ReLU output
+    assert sum(by["prob:0"]["Histogram"]) == 32 * N_CLASSES
 
 
 def test_streamed_histogram_matches_numpy_and_keeps_totals():
@@ -256,9 +264,9 @@ def test_streamed_histogram_matches_numpy_and_keeps_totals():
 
 def test_output_node_name_limits_profile_to_its_ancestors(conv, tmp_path):
     prof = _calibrate(conv["model"], conv["cal"], tmp_path / "p.yaml", "-batchsize=8", "-output-node-name=ArgMax")
-    names = {e["NodeOutputName"] for e in yaml.safe_load(prof.read_text())}
-    assert "logits" in names and "prob" not in names
-    assert len(yaml.safe_load(prof.read_text())[0]["Histogram"]) == 512  # default bins
+    names = {e["NodeOutputName"] for e in _entries(prof)}
+    assert "logits:0" in names and "prob:0" not in names
+    assert len(_entries(prof)[0]["Histogram"]) == 512  # default bins
 
 
 # -------------------------------------------------------------------------------------- compile
@@ -298,11 +306,11 @@ def test_compile_records_applied_and_not_applicable_flags(conv_compiled):
 
 
 def test_profile_ranges_drive_the_scales(conv, conv_profile, conv_compiled, tmp_path):
-    doc = yaml.safe_load(conv_profile.read_text())
-    for e in doc:  # 4x wider ranges
-        e["Min"], e["Max"] = 4 * e["Min"], 4 * e["Max"]
+    prof = profiles.read_profile(conv_profile)
+    for e in prof.entries:  # 4x wider ranges
+        e.min, e.max = 4 * e.min, 4 * e.max
     wide = tmp_path / "wide.yaml"
-    wide.write_text(yaml.safe_dump(doc))
+    profiles.write_profile(wide, prof.entries, tools_version=prof.tools_version, graph_hash=prof.graph_hash)
     out = _compile(conv["model"], tmp_path / "wide", f"-load-profile={wide}", "-batchsize=8",
                    "-quantization-schema=symmetric_with_uint8")
     a, b = _q_params(conv_compiled), _q_params(out)
@@ -321,11 +329,11 @@ def test_percentile_calibration_narrows_ranges(conv, conv_profile, tmp_path):
 
 def test_percentile_range_math():
     uniform = profiles.ProfileEntry("u", 0.0, 100.0, [10.0] * 100)
-    assert cpu_compile.percentile_range(uniform, 90.0, symmetric=False) == pytest.approx((5.0, 95.0))
-    assert cpu_compile.percentile_range(uniform, 90.0, symmetric=True) == pytest.approx((0.0, 90.0))
+    assert ranges.percentile_range(uniform, 90.0, symmetric=False) == pytest.approx((5.0, 95.0))
+    assert ranges.percentile_range(uniform, 90.0, symmetric=True) == pytest.approx((0.0, 90.0))
     sym = profiles.ProfileEntry("s", -10.0, 10.0, [1.0] * 20)  # uniform on [-10, 10]
-    assert cpu_compile.percentile_range(sym, 50.0, symmetric=True) == pytest.approx((-5.0, 5.0))
-    assert cpu_compile.percentile_range(sym, 100.0, symmetric=False) == pytest.approx((-10.0, 10.0))
+    assert ranges.percentile_range(sym, 50.0, symmetric=True) == pytest.approx((-5.0, 5.0))
+    assert ranges.percentile_range(sym, 100.0, symmetric=False) == pytest.approx((-10.0, 10.0))
 
 
 def test_schemas_map_to_types_and_channelwise(conv, conv_profile, tmp_path):

@@ -13,6 +13,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works under any pytest import mode
 from fake_sdk import fake_qaic_exec, make_fake_sdk, read_calls, set_fake_sdk_version  # noqa: E402
 
+from qaic_assets.qaic.formats import profiles  # noqa: E402
+
 
 @pytest.fixture
 def sdk(tmp_path):
@@ -140,13 +142,24 @@ def test_calibrate_writes_glow_style_profile(sdk, model, cal_list, tmp_path):
             "-num-histogram-bins=64", f"-dump-profile={prof}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Done" in r.stdout
-    entries = yaml.safe_load(prof.read_text())
-    assert isinstance(entries, list) and entries
+    docs = list(yaml.load_all(prof.read_text(), Loader=yaml.BaseLoader))  # Glow's three documents
+    assert [set(d) for d in docs[:2]] == [{"GlowToolsVersion"}, {"GraphPreLowerHash"}] and len(docs) == 3
+    entries = docs[2]
     names = [e["NodeOutputName"] for e in entries]
-    assert "ArgMax" in names
+    assert "ArgMax:0" in names and "zero__0:0" in names and names == sorted(names)
     for e in entries:
         assert set(e) == {"NodeOutputName", "Min", "Max", "Histogram"}
-        assert e["Min"] < e["Max"] and len(e["Histogram"]) == 64
+        assert len(e["Histogram"]) == 64
+    parsed = profiles.read_profile(prof)  # the project's one reader takes what the SDK writes
+    assert parsed.layout == "glow" and not parsed.written_by_us
+    assert [e.name for e in parsed.entries] == names
+
+
+def test_compile_refuses_a_one_document_profile_as_glow_does(sdk, model, tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("---\n- NodeOutputName: x\n  Min: 0\n  Max: 1\n  Histogram: [1]\n")
+    r = run(sdk, *compile_args(model, tmp_path / "qpc"), f"-load-profile={prof}")
+    assert r.returncode == 1 and f"Error reading YAML file '{prof}'!" in r.stderr
 
 
 def test_compile_writes_deterministic_binary(sdk, model, tmp_path):
@@ -174,10 +187,12 @@ def test_binary_depends_on_model_profile_and_version(sdk, model, tmp_path):
 
     base = build("base")
     prof = tmp_path / "p.yaml"
-    prof.write_text("---\n- NodeOutputName: x\n  Min: 0\n  Max: 1\n  Histogram: [1]\n")
+    entry = profiles.ProfileEntry("x:0", 0.0, 1.0, [1.0])
+    profiles.write_profile(prof, [entry], tools_version="2021-06-30", graph_hash=1)
     with_profile = build("prof", f"-load-profile={prof}")
     assert with_profile != base
-    prof.write_text("---\n- NodeOutputName: x\n  Min: 0\n  Max: 2\n  Histogram: [1]\n")
+    entry.max = 2.0
+    profiles.write_profile(prof, [entry], tools_version="2021-06-30", graph_hash=1)
     assert build("prof2", f"-load-profile={prof}") != with_profile
     set_fake_sdk_version(sdk, "1.19.0", "1")
     assert build("newsdk") != base

@@ -555,7 +555,8 @@ def test_bad_calibration_input_fails_before_the_compiler(project, fault, needles
 
 def test_missing_node_precision_file_fails_before_the_compiler(project):
     project.reconfigure("models:\n", "models:\n  tinyret:\n    recipe: retinanet\n    source: {path: tiny.onnx}\n"
-                        "    calibration: {list: cal/cal.txt}\n    node_precision: np.yaml\n")
+                        "    calibration: {list: cal/cal.txt}\n    node_precision: np.yaml\n"
+                        "    harness: {naming_sets: [{loc: ['input_0:0'], conf: ['output:0']}]}\n")  # fake SDK's names
     node_precision = project.root / "np.yaml"
     before = project.state()
     for key, part in ((profile_key("tinyret"), "bs2"), (binary_key("tinyret"), PARTITION)):

@@ -35,6 +35,8 @@ from qaic_assets.qaic.sdk import Backend, SdkError, select_backend
 from qaic_assets.settings import Settings, batch_key, target_key
 
 _LOG = logging.getLogger("qaic_assets.build")
+#: Every line the compiler printed, kept beside its output (the event log gets a rate-limited summary).
+COMPILER_LOG = "compiler.log"
 
 
 class BuildError(RuntimeError):
@@ -131,7 +133,8 @@ def lock_timeout(config: Settings) -> float:
 
 def _run(command: Command, cwd: Path, config: Settings, log: logging.Logger) -> RunResult:
     try:
-        return run_compiler(command.argv, cwd=cwd, timeout_s=config.compile_timeout_s, log=log)
+        return run_compiler(command.argv, cwd=cwd, timeout_s=config.compile_timeout_s, log=log,
+                            log_path=cwd / COMPILER_LOG)
     except CompilerError as exc:
         full = any("No space left on device" in line for line in exc.result.log_tail)
         with contextlib.suppress(OSError):
@@ -223,6 +226,7 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
                            "size_bytes": output.stat().st_size},
                 "run_id": who.run_id, "duration_s": round(result.duration_s, 3),
                 "peak_rss_bytes": result.peak_rss_bytes, "log_tail": result.log_tail[-20:],
+                "log": {"path": str(command.cwd / COMPILER_LOG), "lines": result.output_lines},
                 "worker": f"{socket.gethostname()}:{os.getpid()}", "created_at": time.time(), "extra": extra,
             }
             write_manifest(tmp, manifest)

@@ -276,6 +276,7 @@ def run_compiler(
     grace_s: float = TERM_GRACE_S,
     progress_interval_s: float = PROGRESS_MIN_INTERVAL_S,
     log_path: Path | None = None,
+    log_name: str | Path | None = None,
     lines_per_s: float = LINES_PER_S,
 ) -> RunResult:
     """Run one compiler command and return its RunResult; raise a CompilerError if it did not succeed.
@@ -288,7 +289,8 @@ def run_compiler(
     the deadline is judged by its exit code. Any BaseException raised in the calling thread while
     waiting (cancellation) stops the child the same way and is re-raised. Exit code != 0 or death by a
     signal raises CompilerFailed. Every output line goes to ``log_path`` (when given); selected lines
-    reach ``log`` at most ``lines_per_s`` per second, the rest as a count (see output_stream).
+    reach ``log`` at most ``lines_per_s`` per second, the rest as a count naming the log file as
+    ``log_name`` (default ``log_path``: a temporary dir renamed into place names its final path).
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
@@ -309,7 +311,7 @@ def run_compiler(
     cmd_name = os.path.basename(argv[0])
     cmd_text = shlex.join(argv)
     forwarder = LogForwarder(log, lines_per_s=lines_per_s, progress_interval_s=progress_interval_s,
-                             log_path=log_path)
+                             log_path=log_name or log_path)
     if log is not None:
         log.info(f"$ {cmd_text}")
 
@@ -394,7 +396,7 @@ def run_compiler(
     if reader.done.is_set():  # else something outside our reach holds the pipe: leave the fd be
         _close_quietly(proc.stdout)
     result = RunResult(argv, returncode, duration, peak_rss, list(reader.tail), reader.lines,
-                       str(log_path) if log_path is not None else None)
+                       str(log_name or log_path) if log_path is not None else None)
 
     tail_text = _format_tail(result.log_tail)
     if timed_out:
@@ -414,7 +416,7 @@ def run_compiler(
             result,
         )
     if log is not None:
-        where = f"; full log {log_path}" if log_path is not None else ""
+        where = f"; full log {log_name or log_path}" if log_path is not None else ""
         log.info(f"{cmd_name} finished in {duration:.1f} s, peak RSS {_human_bytes(peak_rss)}, "
                  f"{reader.lines} output lines{where}")
     return result

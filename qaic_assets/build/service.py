@@ -134,7 +134,7 @@ def lock_timeout(config: Settings) -> float:
 def _run(command: Command, cwd: Path, config: Settings, log: logging.Logger) -> RunResult:
     try:
         return run_compiler(command.argv, cwd=cwd, timeout_s=config.compile_timeout_s, log=log,
-                            log_path=cwd / COMPILER_LOG)
+                            log_path=cwd / COMPILER_LOG, log_name=command.cwd / COMPILER_LOG)
     except CompilerError as exc:
         full = any("No space left on device" in line for line in exc.result.log_tail)
         with contextlib.suppress(OSError):
@@ -167,6 +167,14 @@ def _require_node_precision(config: Settings, model: str, command: Command) -> N
         require(path, "node-precision file", f"fix models.{model}.node_precision in {config.source_file}")
 
 
+def _node_precision_input(config: Settings, model: str, command: Command) -> dict | None:
+    """The node-precision file the command names, as a cache-key input (editing it rebuilds)."""
+    path = model_inputs(config, model).node_precision
+    if path is None or f"-node-precision-info={path}" not in command.argv:
+        return None
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
 def sample_sizes(description: dict, argv: list[str]) -> list[int]:
     """Bytes of one sample per model input: batch dim 1, other dims from -onnx-define-symbol."""
     symbols = {}
@@ -185,11 +193,11 @@ def sample_sizes(description: dict, argv: list[str]) -> list[int]:
 
 
 @contextlib.contextmanager
-def _lock(config: Settings, directory: Path, log: logging.Logger):
+def _lock(config: Settings, directory: Path, log: logging.Logger, shared: bool = False):
     """Hold the output lock of `directory`; giving up after lock_timeout is a BuildError naming the holder."""
     held = contextlib.ExitStack()
     try:
-        held.enter_context(output_lock(directory, lock_timeout(config), log=log))
+        held.enter_context(output_lock(directory, lock_timeout(config), log=log, shared=shared))
     except OutputLocked as exc:
         raise BuildError(str(exc)) from exc
     with held:
@@ -252,6 +260,9 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
         raise BuildError(str(exc)) from exc
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256},
               "calibration": {"list": str(list_file), "sha256": selection}}
+    node_precision = _node_precision_input(config, model, command)
+    if node_precision:
+        inputs["node_precision"] = node_precision
 
     def prepare(tmp: Path) -> dict:
         batched = prepare_batched_inputs(list_file, batch, tmp, **subset)
@@ -276,13 +287,23 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     src = source(config, model)
     _require_node_precision(config, model, command)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
-    if cfg.quantize:
-        profile = calibration_dir(config, model, batch) / PROFILE_FILE
-        require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
-        inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+    node_precision = _node_precision_input(config, model, command)
+    if node_precision:
+        inputs["node_precision"] = node_precision
     previous = read_manifest(command.cwd)
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
-    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log)
+    if not cfg.quantize:
+        manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log)
+        return Built(manifest, cached, command, src, inputs, previous=previous)
+    # a reader's lock on the profile: a recalibration of this batch waits until the compiler is done,
+    # so the sha256 recorded is that of the bytes the compiler loads
+    profile_dir = calibration_dir(config, model, batch)
+    profile = profile_dir / PROFILE_FILE
+    require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
+    with storage_errors(config), _lock(config, profile_dir, log, shared=True):
+        require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
+        inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+        manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log)
     return Built(manifest, cached, command, src, inputs, previous=previous)
 
 

@@ -67,7 +67,9 @@ def _check_expected(tmp: Path, final_dir: Path, expected: list[str]) -> None:
     for rel in expected:
         p = tmp / rel
         problem = None
-        if not p.exists():
+        if p.is_symlink():  # a compiler must write its output, not point at some other file
+            problem = f"is a symlink (to {os.readlink(p)}), not a file; refused"
+        elif not p.exists():
             problem = "was not produced"
         elif p.is_file() and p.stat().st_size == 0:
             problem = "is empty"

@@ -149,6 +149,10 @@ def _run(command: Command, cwd: Path, config: Settings, log: logging.Logger) -> 
 def _output(tmp: Path, command: Command) -> Path:
     """The command's expected output in its temporary dir; exit 0 without it is a failure."""
     path = tmp / command.output
+    if path.is_symlink():
+        raise BuildError(f"{Path(command.argv[0]).name} wrote {command.output} as a symlink (to "
+                         f"{os.readlink(path)}): refused, the output must be a regular file (for "
+                         f"{command.cwd}); the previous output is kept")
     if not path.is_file() or path.stat().st_size == 0:
         raise BuildError(f"{Path(command.argv[0]).name} exited 0 but wrote no {command.output} "
                          f"(for {command.cwd}); the previous output is kept")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -173,3 +174,88 @@ def test_editing_the_node_precision_file_rebuilds_instead_of_serving_the_stale_b
                                                     "sha256": sha256_file(node_precision)}
     assert (final / "elfs" / "programqpc.bin").read_bytes() != binary_before
     assert len(read_calls(project.sdk)) == 4
+
+
+# ================================================================================================
+# Escapes
+# ================================================================================================
+
+
+def make_source(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """A prebuilt binary dir with one hostile entry; returns (dir, the entry's name)."""
+    src = tmp_path / "prebuilt"
+    src.mkdir()
+    (src / "programqpc.bin").write_bytes(b"QPCFAKE\nprebuilt")
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "shadow").write_text("root:SECRET:19000::::::\n")
+    name = {"file link outside": "shadow", "dir link outside": "ssl", "loop": "a", "fifo": "pipe",
+            "device": "null", "symlinked binary": "programqpc.bin", "link inside": "copy.json"}[case]
+    entry = src / name
+    if case == "file link outside":
+        entry.symlink_to(outside / "shadow")
+    elif case == "dir link outside":
+        entry.symlink_to(outside)
+    elif case == "loop":
+        entry.symlink_to(src / "b")
+        (src / "b").symlink_to(entry)
+    elif case == "fifo":
+        os.mkfifo(entry)
+    elif case == "device":
+        try:
+            os.mknod(entry, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("mknod needs root")
+    elif case == "symlinked binary":  # even pointing inside the directory
+        (src / "real.bin").write_bytes(entry.read_bytes())
+        entry.unlink()
+        entry.symlink_to("real.bin")
+    else:
+        (src / "meta.json").write_text("{}")
+        entry.symlink_to("meta.json")
+    return src, name
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("file link outside", "is a symlink to {outside}/shadow, outside {src}: copy the file into the directory"),
+    ("dir link outside", "is a symlink to {outside}, outside {src}"),
+    ("loop", "is a symlink loop"),
+    ("fifo", "is a FIFO: only regular files and directories can be registered"),
+    ("device", "is a character device: only regular files and directories"),
+    ("symlinked binary", "is a symlink (to real.bin): the binary must be a regular file"),
+])
+def test_register_refuses_entries_that_leave_the_directory_or_are_not_files(project, tmp_path, capsys,
+                                                                             case, needle):
+    from qaic_assets.cli import main
+
+    src, name = make_source(tmp_path, case)
+    before = project.state()
+    assert main(["register", "--model", "tiny", "--partition", PARTITION, "--from", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert f"refusing to register {src}: {src / name} " in err
+    assert needle.format(outside=tmp_path / "secret", src=src) in err
+    assert_nothing_lost(project, before)
+    stored = b"".join(p.read_bytes() for p in project.store.rglob("*") if p.is_file())
+    assert b"SECRET" not in stored
+
+
+def test_register_copies_a_symlink_inside_the_directory_as_its_content(project, tmp_path, capsys):
+    """The control case: a symlink that stays inside the directory is fine (copied as a file)."""
+    from qaic_assets.cli import main
+
+    src, _ = make_source(tmp_path, "link inside")
+    assert main(["register", "--model", "tiny", "--partition", PARTITION, "--from", str(src)]) == 0
+    elfs = project.final / "elfs"
+    assert sorted(p.name for p in elfs.iterdir()) == ["copy.json", "meta.json", "programqpc.bin"]
+    assert not (elfs / "copy.json").is_symlink() and (elfs / "copy.json").read_text() == "{}"
+    assert (elfs / "programqpc.bin").read_bytes() == b"QPCFAKE\nprebuilt"
+
+
+def test_a_compiler_that_writes_its_binary_as_a_symlink_is_refused(project):
+    before = project.state()
+    wrap_compiler(project, "out = [a.split('=', 1)[1] for a in sys.argv if a.startswith('-aic-binary-dir=')][0]\n"
+                           "os.makedirs(out, exist_ok=True)\n"
+                           "os.symlink('/etc/hostname', os.path.join(out, 'programqpc.bin'))\n")
+    message = failure_message(project.materialize(binary_key("tiny"), PARTITION, force=True))
+    assert "qaic-exec wrote elfs/programqpc.bin as a symlink (to /etc/hostname): refused" in message
+    assert_nothing_lost(project, before)

@@ -12,7 +12,7 @@ Why it is built this way (docs/RELIABILITY.md lists the tests):
   (proctree.py: also those that left the group with ``setsid``) get SIGTERM, then SIGKILL after a
   grace period; when the child exits, whatever is left of them is SIGKILLed.
 * Peak RSS comes from ``os.wait4`` (``ru_maxrss``), corrected for the parent's RSS that Linux folds
-  into a child's ``ru_maxrss`` (see :class:`_PeakRss`).
+  into a child's ``ru_maxrss`` (see rss.py).
 * Known limit: if our own process is SIGKILLed, PR_SET_PDEATHSIG reaches the compiler process only.
 """
 
@@ -39,6 +39,7 @@ from qaic_assets.build.output_stream import (  # noqa: F401  (LOG_LINE_PATTERN: 
     OutputReader,
 )
 from qaic_assets.build.proctree import TOKEN_ENV, Descendants, new_token
+from qaic_assets.build.rss import PeakRss
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,8 +49,6 @@ from qaic_assets.build.proctree import TOKEN_ENV, Descendants, new_token
 TERM_GRACE_S = 10.0
 #: After the child (and its descendants) ended, how long to wait for the output pipe to reach EOF.
 _DRAIN_S = 2.0
-#: How often the child's own high-water mark (/proc/<pid>/status VmHWM) is sampled; see _PeakRss.
-_RSS_SAMPLE_S = 0.2
 #: How often the main loop wakes up (exit, deadline, forwarding), and how often /proc is walked.
 _POLL_S = 0.05
 _SCAN_S = 0.25
@@ -167,58 +166,6 @@ def _stop_group(pid: int, grace_s: float, family: Descendants | None = None) -> 
         _wait_exited(pid, 60.0)
 
 
-def _self_peak_rss() -> int:
-    """This process's peak RSS in bytes (an upper bound of what a child inherits in ru_maxrss)."""
-    try:
-        import resource
-
-        maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    except (ImportError, OSError):  # pragma: no cover - non-POSIX
-        return 0
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
-
-
-def _read_vmhwm(pid: int) -> int:
-    """The process's own peak RSS (VmHWM) in bytes from /proc, 0 if unavailable (exited, non-Linux)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-class _PeakRss:
-    """Peak RSS of the child, corrected for what it inherits from us.
-
-    Linux carries the parent's RSS high-water mark into the child's ``ru_maxrss`` at fork/exec, so a
-    small compiler started from a 400 MB Dagster step process reports >= 400 MB from ``wait4``. Hence:
-    if ``wait4``'s value exceeds our own peak at spawn time, the child got there by itself and the value
-    is exact; otherwise the child's true peak is the highest VmHWM sampled from /proc while it ran
-    (VmHWM starts afresh at exec), falling back to the ``wait4`` value (an upper bound) if the child
-    exited before the first sample.
-    """
-
-    _MARGIN = 4 << 20
-
-    def __init__(self) -> None:
-        self.parent_peak = _self_peak_rss()
-        self.sampled = 0
-        self._next = 0.0
-
-    def sample(self, pid: int, now: float) -> None:
-        if now >= self._next:
-            self._next = now + _RSS_SAMPLE_S
-            self.sampled = max(self.sampled, _read_vmhwm(pid))
-
-    def resolve(self, wait4_peak: int) -> int:
-        if wait4_peak > self.parent_peak + self._MARGIN or self.sampled <= 0:
-            return wait4_peak
-        return self.sampled
-
-
 def _reap(pid: int) -> tuple[int, int]:
     """Reap the (already exited) child: (returncode, peak RSS in bytes)."""
     try:
@@ -315,7 +262,7 @@ def run_compiler(
     if log is not None:
         log.info(f"$ {cmd_text}")
 
-    rss = _PeakRss()
+    rss = PeakRss()
     start = time.monotonic()
     deadline = start + timeout_s
     try:

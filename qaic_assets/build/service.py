@@ -217,10 +217,11 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
     # one writer per output dir at a time (a second run of the same partition waits, then may hit the
     # cache); storage errors (read-only, disk full) name the dir and the fix
     with storage_errors(config), _lock(config, command.cwd, log):
+        # leftovers of a killed writer go first, so a cache hit leaves none behind either
+        clean_stale_temps(command.cwd.parent, command.cwd.name)
         if not force and (manifest := cached_manifest(command.cwd, command.output, key)):
             log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
             return manifest, True
-        clean_stale_temps(command.cwd.parent, command.cwd.name)
         with atomic_output_dir(command.cwd, [command.output]) as tmp:
             try:
                 extra = prepare(tmp) if prepare else {}

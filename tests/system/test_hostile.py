@@ -22,7 +22,6 @@ from fake_sdk import read_calls
 from test_reliability import (  # noqa: F401  (fixtures)
     PARTITION,
     assert_nothing_lost,
-    assert_rerun_succeeds,
     failure_message,
     finish,
     project,
@@ -259,3 +258,230 @@ def test_a_compiler_that_writes_its_binary_as_a_symlink_is_refused(project):
     message = failure_message(project.materialize(binary_key("tiny"), PARTITION, force=True))
     assert "qaic-exec wrote elfs/programqpc.bin as a symlink (to /etc/hostname): refused" in message
     assert_nothing_lost(project, before)
+
+
+EVIL_NAME = "ArgMax; touch PWNED1 $(touch PWNED2) `touch PWNED3` | touch PWNED4 && x 'q' \"dq\" $HOME"
+
+
+def test_plan_prints_shell_quoted_lines_that_paste_to_the_exact_argv(project, monkeypatch, capsys, tmp_path):
+    """`plan`'s human output, pasted into a shell, runs exactly the planned argv and nothing else
+    (a flag value and a storage root full of shell syntax)."""
+    from qaic_assets.build.plan import plan_target
+    from qaic_assets.cli import main
+    from qaic_assets.qaic.sdk import select_backend
+
+    store = tmp_path / "store $(touch PWNED0); x `touch PWNED5`"
+    monkeypatch.setenv("QAIC_ASSETS_STORAGE_ROOT", str(store))
+    project.reconfigure("    calibration: {list: cal/cal.txt}\n", "    calibration: {list: cal/cal.txt}\n"
+                        f"    extra_flags: [{json.dumps('-output-node-name=' + EVIL_NAME)}]\n")
+    assert main(["plan", "--model", "tiny", "--scenario", "offline", "--batch", "2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("(cd ")]
+    planned = plan_target(project.config, select_backend("qaic", project.sdk), "tiny", "offline", 14, 2)
+    calls = tmp_path / "calls.jsonl"
+    for line, command in zip(lines, (planned.calibrate, planned.compile)):
+        command.cwd.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["bash", "-c", line], cwd=tmp_path, env={**os.environ, "FAKE_QAIC_LOG": str(calls)},
+                       capture_output=True)
+    assert [c["argv"] for c in read_calls(calls)] == [planned.calibrate.argv, planned.compile.argv]
+    assert [c["cwd"] for c in read_calls(calls)] == [str(planned.calibrate.cwd), str(planned.compile.cwd)]
+    assert list(tmp_path.rglob("PWNED*")) == [] and list(Path.cwd().glob("PWNED*")) == []
+
+
+@pytest.mark.parametrize("flag,accepted", [
+    ("-aic-hw-version=2.0;touch X", False),     # a version: digits and dots only
+    ("-mos=1;touch X", False),                  # a list of numbers
+    ("-aic-num-cores=4`reboot`", False),        # an integer (refused by the grammar itself)
+    ("-execute-nodes-in-fp16=Sigmoid|sh", False),
+    (f"-output-node-name={EVIL_NAME}", True),   # an ONNX name may hold anything (one argv item)
+    ("-aic-hw-version=2.0", True),
+])
+def test_extra_flags_take_shell_syntax_only_where_the_value_grammar_allows_it(tmp_path, flag, accepted):
+    from qaic_assets.settings import ConfigError, load_settings
+
+    path = tmp_path / "qaic.yaml"
+    path.write_text("matrix: {scenarios: [offline], nsp: [14], batch: [1]}\nmodels:\n  m:\n    recipe: resnet50\n"
+                    f"    source: {{path: m.onnx}}\n    quantize: false\n    extra_flags: [{json.dumps(flag)}]\n")
+    if accepted:
+        assert load_settings(path).model("m").extra_flags == [flag]
+        return
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    name = flag[1:].split("=")[0]
+    assert "model 'm': extra_flags: " in str(err.value) and f"-{name}" in str(err.value)
+    assert "expects an integer" in str(err.value) if name == "aic-num-cores" else \
+        f"{flag} holds" in str(err.value) and f"which the value of -{name} cannot contain" in str(err.value)
+
+
+SMALL = "matrix: {{scenarios: [offline], nsp: [{nsp}], batch: [{batch}]}}\n{extra}models:\n" \
+        "  m: {{recipe: resnet50, source: {{path: m.onnx}}, quantize: false}}\n"
+
+
+@pytest.mark.parametrize("batch,nsp,extra,needles", [
+    ("true", "14", "", ["matrix.batch.0", "valid integer"]),
+    (str(10**12), "14", "", ["matrix.batch.0", "less than or equal to 4096"]),
+    (str(10**20), "14", "", ["matrix.batch.0", "less than or equal to 4096"]),
+    ("8", "1000", "", ["matrix.nsp.0", "less than or equal to 64"]),
+    ("8", "14", "compile_timeout_s: .inf\n", ["compile_timeout_s", "finite number"]),
+    ("8", "14", "compile_timeout_s: .nan\n", ["compile_timeout_s", "finite number"]),
+    ("8", "14", "compile_timeout_s: 1e9\n", ["compile_timeout_s", "less than or equal to 604800"]),
+])
+def test_numbers_that_cannot_be_real_are_refused_at_load(tmp_path, batch, nsp, extra, needles):
+    from qaic_assets.settings import ConfigError, load_settings
+
+    path = tmp_path / "qaic.yaml"
+    path.write_text(SMALL.format(batch=batch, nsp=nsp, extra=extra))
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(path) in str(err.value)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_relative_paths_resolve_against_the_config_file_or_the_working_directory(tmp_path, monkeypatch):
+    """In the file: relative to the file (sdk_root too, as the README says); from the environment
+    (QAIC_SDK_ROOT, QAIC_ASSETS_STORAGE_ROOT): relative to the working directory."""
+    from qaic_assets.settings import load_settings
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "qaic.yaml"
+    path.write_text("storage_root: store\nsdk_root: sdk\n" + SMALL.format(batch=1, nsp=14, extra=""))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("QAIC_SDK_ROOT", raising=False)
+    monkeypatch.delenv("QAIC_ASSETS_STORAGE_ROOT", raising=False)
+    settings = load_settings(path)
+    assert (settings.sdk_root, settings.storage_root) == (conf / "sdk", conf / "store")
+    monkeypatch.setenv("QAIC_SDK_ROOT", "my-sdk")
+    monkeypatch.setenv("QAIC_ASSETS_STORAGE_ROOT", "out/artifacts")
+    settings = load_settings(path)
+    assert (settings.sdk_root, settings.storage_root) == (work / "my-sdk", work / "out" / "artifacts")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--percentile", "-5"], "--percentile must be a number above 0 and at most 100 (like 99.99), got -5"),
+    (["--percentile", "1000"], "got 1000"),
+    (["--percentile", "nan"], "got nan"),
+    (["--batch", ""], "--batch is empty: give one or more values"),
+    (["--batch", " , "], "--batch is empty"),
+    (["--batch", str(10**20)], "batch must be positive integers up to 4096"),
+    (["--scenario", ""], "--scenario is empty"),
+])
+def test_plan_refuses_arguments_that_cannot_be_planned(project, capsys, args, needle):
+    from qaic_assets.cli import main
+
+    model = ["--model", "tiny"]
+    assert main(["plan", *model, *args]) == 2
+    captured = capsys.readouterr()
+    assert needle in captured.err and captured.out == ""
+
+
+def test_plan_refuses_an_empty_model(project, capsys):
+    from qaic_assets.cli import main
+
+    assert main(["plan", "--model", ""]) == 2
+    assert "--model is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("home,needle", [
+    (None, "DAGSTER_HOME is not set: point DAGSTER_HOME at the instance directory"),
+    ("relative/home", "DAGSTER_HOME=relative/home is not an absolute path"),
+    ("{tmp}/no-such-home", "DAGSTER_HOME={tmp}/no-such-home does not exist: create it (mkdir -p"),
+])
+@pytest.mark.parametrize("command", ["lineage", "register"])
+def test_lineage_and_register_name_a_missing_dagster_home(project, capsys, monkeypatch, tmp_path,
+                                                          home, needle, command):
+    from qaic_assets.cli import main
+
+    if home is None:
+        monkeypatch.delenv("DAGSTER_HOME")
+    else:
+        monkeypatch.setenv("DAGSTER_HOME", home.format(tmp=tmp_path))
+    extra = ["--from", str(project.final / "elfs")] if command == "register" else []
+    before = project.state()
+    assert main([command, "--model", "tiny", "--partition", PARTITION, *extra]) == 1
+    err = capsys.readouterr().err
+    assert needle.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert not (tmp_path / "no-such-home").exists()
+    assert_nothing_lost(project, before)
+
+
+@pytest.mark.parametrize("fault,needle", [
+    ("404", "cannot download {url}: the server answered HTTP 404 Not Found; fix models.web.source.url in"),
+    ("unreachable", "cannot download {url}: [Errno -2] Name or service not known; check the network"),
+    ("timeout", "cannot download {url}: TimeoutError: timed out; check the network"),
+])
+def test_an_unreachable_url_source_fails_clearly_and_leaves_nothing(project, monkeypatch, fault, needle):
+    import socket
+    import urllib.error
+
+    from qaic_assets.build import sources
+
+    url = "https://models.example/web.onnx"
+    project.reconfigure("models:\n", f"models:\n  web:\n    recipe: resnet50\n    quantize: false\n"
+                        f"    source: {{url: '{url}', sha256: '{'0' * 64}'}}\n")
+
+    def fail(u):
+        if fault == "404":
+            raise urllib.error.HTTPError(u, 404, "Not Found", {}, None)
+        if fault == "unreachable":
+            raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(sources, "_open", fail)
+    before = project.state()
+    message = failure_message(project.materialize(binary_key("web"), PARTITION))
+    assert needle.format(url=url) in message
+    assert "Traceback" not in message and str(project.root / "qaic.yaml") in message
+    assert not (project.store / "web").exists(), "a failed download left a folder behind"
+    assert_nothing_lost(project, before)
+
+
+def test_a_cache_hit_removes_what_a_killed_writer_left(project):
+    """A step SIGKILLed mid-compile leaves its `.tmp-` dir (test_reliability.py::
+    test_sigkill_of_the_step_process_...); the next run that finds the binary cached removes it too."""
+    assert project.materialize(binary_key("tiny"), PARTITION).success  # built here: cached from now on
+    calls = len(read_calls(project.sdk))
+    dead = 999_999_999  # above any pid_max
+    stale = project.final.parent / f".{project.final.name}.tmp-{dead}-abcd"
+    (stale / "elfs").mkdir(parents=True)
+    (stale / "elfs" / "programqpc.bin").write_bytes(b"PARTIAL OUTPUT")
+    result = project.materialize(binary_key("tiny"), PARTITION)
+    assert result.success
+    assert result.asset_materializations_for_node("tiny__compiled_binary")[0].metadata["cached"].value is True
+    assert len(read_calls(project.sdk)) == calls
+    assert project.leftovers() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_a_stand_in_cut_short_by_a_full_disk_leaves_nothing(project, tmp_path):
+    """bert-99's stand-in writes ~400 KB of samples, then a 37 MB model: on a 1 MiB storage root the
+    model does not fit. The step fails with the disk-full message and no sample is left."""
+    from test_reliability import tmpfs
+
+    store = tmp_path / "small"
+    with tmpfs(store):
+        project.reconfigure("storage_root: store", f"storage_root: {store}")
+        project.reconfigure("models:\n", "models:\n  bert:\n    recipe: bert-99\n    source: {standin: bert-99}\n")
+        message = failure_message(project.materialize(dg.AssetKey(["bert", "source_model"])))
+        assert f"cannot write {store}" in message and "No space left on device" in message
+        assert "free space there, or point storage_root" in message
+        assert sorted(p.name for p in store.rglob("*")) == [], "the stand-in left files behind"
+
+
+def test_a_config_error_through_dagster_asset_materialize_is_one_message(tmp_path):
+    """`dagster asset materialize` on a bad config ends with the message the qaic-assets CLI prints,
+    not a 65-line import traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMALL.format(batch="true", nsp=14, extra=""))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    env = {**os.environ, "QAIC_ASSETS_CONFIG": str(bad), "DAGSTER_HOME": str(tmp_path / "home")}
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run([str(dagster), "asset", "materialize", "-m", "qaic_assets.definitions",
+                           "--select", "m/compiled_binary"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0
+    assert f"qaic_assets: invalid config file {bad}:" in done.stderr and "matrix.batch.0" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]

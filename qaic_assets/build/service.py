@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from qaic_assets.build.manifest import cache_key, cached_manifest, read_manifest, write_manifest
-from qaic_assets.build.outputs import OutputLocked, atomic_output_dir, clean_stale_temps, output_lock
+from qaic_assets.build.outputs import (
+    OutputLocked,
+    atomic_output_dir,
+    clean_stale_temps,
+    first_symlink,
+    output_lock,
+)
 from qaic_assets.build.plan import calibrate_command, compile_command
 from qaic_assets.build.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
 from qaic_assets.build.sources import SourceError, SourceModel, ensure_source
@@ -149,9 +155,10 @@ def _run(command: Command, cwd: Path, config: Settings, log: logging.Logger) -> 
 def _output(tmp: Path, command: Command) -> Path:
     """The command's expected output in its temporary dir; exit 0 without it is a failure."""
     path = tmp / command.output
-    if path.is_symlink():
-        raise BuildError(f"{Path(command.argv[0]).name} wrote {command.output} as a symlink (to "
-                         f"{os.readlink(path)}): refused, the output must be a regular file (for "
+    link = first_symlink(tmp, command.output)
+    if link is not None:
+        raise BuildError(f"{Path(command.argv[0]).name} wrote {link.relative_to(tmp)} as a symlink (to "
+                         f"{os.readlink(link)}): refused, the output must be a regular file (for "
                          f"{command.cwd}); the previous output is kept")
     if not path.is_file() or path.stat().st_size == 0:
         raise BuildError(f"{Path(command.argv[0]).name} exited 0 but wrote no {command.output} "

@@ -250,13 +250,22 @@ def test_register_copies_a_symlink_inside_the_directory_as_its_content(project, 
     assert (elfs / "programqpc.bin").read_bytes() == b"QPCFAKE\nprebuilt"
 
 
-def test_a_compiler_that_writes_its_binary_as_a_symlink_is_refused(project):
+@pytest.mark.parametrize("what", ["binary", "binary dir"])
+def test_a_compiler_that_writes_its_binary_as_a_symlink_is_refused(project, tmp_path, what):
     before = project.state()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "elfs").mkdir(parents=True)
+    (elsewhere / "elfs" / "programqpc.bin").write_bytes(b"QPCFAKE\nnot written here")
+    if what == "binary":
+        body = "os.makedirs(out, exist_ok=True)\nos.symlink('/etc/hostname', os.path.join(out, 'programqpc.bin'))\n"
+        needle = "qaic-exec wrote elfs/programqpc.bin as a symlink (to /etc/hostname): refused"
+    else:
+        body = f"os.symlink({str(elsewhere / 'elfs')!r}, out)\n"
+        needle = f"qaic-exec wrote elfs as a symlink (to {elsewhere / 'elfs'}): refused"
     wrap_compiler(project, "out = [a.split('=', 1)[1] for a in sys.argv if a.startswith('-aic-binary-dir=')][0]\n"
-                           "os.makedirs(out, exist_ok=True)\n"
-                           "os.symlink('/etc/hostname', os.path.join(out, 'programqpc.bin'))\n")
+                  + body)
     message = failure_message(project.materialize(binary_key("tiny"), PARTITION, force=True))
-    assert "qaic-exec wrote elfs/programqpc.bin as a symlink (to /etc/hostname): refused" in message
+    assert needle in message and "the output must be a regular file" in message
     assert_nothing_lost(project, before)
 
 

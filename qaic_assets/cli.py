@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from qaic_assets.qaic import recipes
-from qaic_assets.settings import ConfigError, load_settings
+from qaic_assets.settings import MAX_BATCH, ConfigError, load_settings
 from qaic_assets.build.plan import plan_target
 from qaic_assets.qaic.sdk import SdkError, select_backend
 
@@ -21,8 +24,11 @@ class CommandError(Exception):
     """The command could not do its work: exit code 1, message names the thing and the fix."""
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def _csv(value: str, option: str = "") -> list[str]:
+    values = [v.strip() for v in value.split(",") if v.strip()]
+    if not values:
+        raise UsageError(f"{option} is empty: give one or more values, comma-separated")
+    return values
 
 
 def _choose(kind: str, given: list[str], valid: list, convert=str) -> list:
@@ -38,18 +44,38 @@ def _choose(kind: str, given: list[str], valid: list, convert=str) -> list:
     return chosen
 
 
-def _positive_ints(kind: str, given: list[str]) -> list[int]:
-    if not all(v.isdigit() and int(v) > 0 for v in given):
-        raise UsageError(f"{kind} must be positive integers, got {','.join(given)}")
+def _positive_ints(kind: str, given: list[str], limit: int) -> list[int]:
+    if not all(v.isdigit() and 0 < int(v) <= limit for v in given):
+        raise UsageError(f"{kind} must be positive integers up to {limit}, got {','.join(given)}")
     return [int(v) for v in given]
+
+
+def _percentile(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 < value <= 100):
+        raise UsageError(f"--percentile must be a number above 0 and at most 100 (like 99.99), got {value:g}")
+    return value
+
+
+def _dagster_home() -> None:
+    """lineage/register read the Dagster instance: say which one is missing, not a traceback."""
+    home = os.environ.get("DAGSTER_HOME")
+    fix = ("point DAGSTER_HOME at the instance directory `dagster dev` uses (`make ui`: "
+           "export DAGSTER_HOME=$PWD/dagster_home)")
+    if not home:
+        raise CommandError(f"DAGSTER_HOME is not set: {fix}")
+    if not os.path.isabs(home):
+        raise CommandError(f"DAGSTER_HOME={home} is not an absolute path: {fix}")
+    if not os.path.isdir(home):
+        raise CommandError(f"DAGSTER_HOME={home} does not exist: create it (mkdir -p {shlex.quote(home)}) or {fix}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_settings(args.config)
-    models = _choose("model", _csv(args.model), config.model_names)
-    scenarios = _choose("scenario", _csv(args.scenario), recipes.valid_scenarios())
-    nsps = _choose("nsp", _csv(args.nsp), recipes.valid_nsp(), convert=int)
-    batches = _positive_ints("batch", _csv(args.batch))
+    models = _choose("model", _csv(args.model, "--model"), config.model_names)
+    scenarios = _choose("scenario", _csv(args.scenario, "--scenario"), recipes.valid_scenarios())
+    nsps = _choose("nsp", _csv(args.nsp, "--nsp"), recipes.valid_nsp(), convert=int)
+    batches = _positive_ints("batch", _csv(args.batch, "--batch"), MAX_BATCH)
+    _percentile(args.percentile)
     backend = select_backend(config.backend, config.sdk_root, require=False)
     plans = [
         plan_target(config, backend, m, s, n, b,
@@ -62,9 +88,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     for p in plans:
         print(f"# {p.model} {p.scenario} nsp{p.nsp} bs{p.batch} (backend {p.backend})")
-        if p.calibrate:
-            print(f"(cd {p.calibrate.cwd} && {' '.join(p.calibrate.argv)})")
-        print(f"(cd {p.compile.cwd} && {' '.join(p.compile.argv)})")
+        # pasteable: every path and value shell-quoted
+        for command in (p.calibrate, p.compile):
+            if command:
+                print(f"(cd {shlex.quote(str(command.cwd))} && {shlex.join(command.argv)})")
         for missing in p.missing:
             print(f"#   missing input: {missing}")
     return 0
@@ -92,6 +119,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
     _partition(config, args.model, args.partition)
+    _dagster_home()
     with dg.DagsterInstance.get() as instance:
         chain = lineage(instance, args.model, args.partition)
     if args.json:
@@ -119,6 +147,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
     batch, scenario, nsp = _partition(config, args.model, args.partition)
+    _dagster_home()
     with dg.DagsterInstance.get() as instance:
         try:
             info = register_binary(config, instance, args.model, batch, scenario, nsp, Path(args.source))

@@ -2,7 +2,9 @@
 
 Path from `QAIC_ASSETS_CONFIG`, else the packaged `default_config.yaml` (runs out of the box).
 Relative paths are relative to the config file; `QAIC_SDK_ROOT` overrides `sdk_root` and
-`QAIC_ASSETS_STORAGE_ROOT` overrides `storage_root`.
+`QAIC_ASSETS_STORAGE_ROOT` overrides `storage_root` (relative values of those two: relative to the
+working directory, as any path given on a command line). Numbers that cannot be real (a batch of
+10**12, an infinite timeout) are refused here, not deep inside a build.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 SCENARIOS = ("offline", "server", "singlestream", "multistream")
 STANDIN_KINDS = ("resnet50", "retinanet", "bert-99")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Upper bounds of what a real deployment uses (batch sizes of the MLPerf submissions are <= 1024;
+#: an AI 100 Ultra card has 4 x 16 NSPs); anything above is a typo that would only fail later.
+MAX_BATCH = 4096
+MAX_NSP = 64
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+Batch = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH)]
+Nsp = Annotated[int, Field(strict=True, ge=1, le=MAX_NSP)]
 
 
 class ConfigError(ValueError):
@@ -92,8 +101,8 @@ class Matrix(_Strict):
     """The partition space: scenarios x nsp counts x batch sizes."""
 
     scenarios: list[Literal["offline", "server", "singlestream", "multistream"]] = Field(min_length=1)
-    nsp: list[PositiveInt] = Field(min_length=1)
-    batch: list[PositiveInt] = Field(min_length=1)
+    nsp: list[Nsp] = Field(min_length=1)
+    batch: list[Batch] = Field(min_length=1)
 
     @field_validator("scenarios", "nsp", "batch")
     @classmethod
@@ -190,12 +199,12 @@ class Nightly(_Strict):
 
 class Settings(_Strict):
     storage_root: ConfigPath = Path("artifacts")
-    sdk_root: Path = Path("/opt/qti-aic")
+    sdk_root: ConfigPath = Path("/opt/qti-aic")
     backend: Literal["auto", "qaic", "cpu"] = "auto"
     matrix: Matrix
     models: dict[str, ModelConfig] = Field(min_length=1)
-    compile_timeout_s: float = Field(default=3600.0, gt=0)
-    profiling_threads: PositiveInt | None = None
+    compile_timeout_s: float = Field(default=3600.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    profiling_threads: Annotated[int, Field(strict=True, ge=1, le=4096)] | None = None
     accuracy_threshold: float = Field(default=0.99, gt=0, le=1)
     sdk_observe_cron: str = "*/15 * * * *"
     nightly: Nightly = Nightly()
@@ -262,6 +271,27 @@ def _check_extra_flags(model: str, flags: list[str]) -> None:
         if name in CALIBRATE_ONLY_FLAGS:
             raise ValueError(f"model {model!r}: extra_flags: -{name} is a calibration flag, not valid when "
                              "compiling; remove it from extra_flags")
+        _check_plain_value(model, name, parsed.values[name])
+
+
+# Values that may hold any character: file paths and ONNX node/tensor names (argv keeps each one item).
+# Every other value is a number, a name from a fixed set or a list of them: shell syntax there is a
+# mistake or an attack, refused.
+_FREE_TEXT_KINDS = ("path",)
+_FREE_TEXT_FLAGS = ("output-node-name",)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:+/-]*")
+
+
+def _check_plain_value(model: str, name: str, value: str | None) -> None:
+    from qaic_assets.qaic.flags import FLAGS
+
+    kind = getattr(FLAGS.get(name), "kind", None)
+    if value is None or kind in _FREE_TEXT_KINDS or name in _FREE_TEXT_FLAGS or _PLAIN_VALUE.fullmatch(value):
+        return
+    bad = sorted({c for c in value if not _PLAIN_VALUE.fullmatch(c)})
+    raise ValueError(f"model {model!r}: extra_flags: -{name}={value} holds {' '.join(map(repr, bad))}, "
+                     f"which the value of -{name} cannot contain: write only the value (letters, digits, "
+                     "'.', ',', ':', '+', '/', '-', '_')")
 
 
 def target_key(scenario: str, nsp: int) -> str:
@@ -296,10 +326,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping (storage_root, matrix, models, ...)")
-    if os.environ.get("QAIC_SDK_ROOT"):
-        raw["sdk_root"] = os.environ["QAIC_SDK_ROOT"]
-    if os.environ.get("QAIC_ASSETS_STORAGE_ROOT"):
-        raw["storage_root"] = os.environ["QAIC_ASSETS_STORAGE_ROOT"]
+    for env, key in (("QAIC_SDK_ROOT", "sdk_root"), ("QAIC_ASSETS_STORAGE_ROOT", "storage_root")):
+        if os.environ.get(env):  # a path from the environment is relative to the working directory
+            raw[key] = str(Path(os.environ[env]).expanduser().absolute())
     raw.setdefault("storage_root", str(Path.cwd() / "artifacts"))
     raw["source_file"] = str(path)
     try:

@@ -63,11 +63,24 @@ def _rmtree(path: Path) -> None:
             path.unlink()
 
 
+def first_symlink(base: Path, rel: str) -> Path | None:
+    """The first component of ``base/rel`` (below ``base``) that is a symlink, if any."""
+    current = base
+    for part in Path(rel).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
+
+
 def _check_expected(tmp: Path, final_dir: Path, expected: list[str]) -> None:
     for rel in expected:
         p = tmp / rel
         problem = None
-        if not p.exists():
+        link = first_symlink(tmp, rel)
+        if link is not None:  # a compiler must write its output, not point at some other file
+            problem = f"is reached through a symlink ({link.relative_to(tmp)} -> {os.readlink(link)}); refused"
+        elif not p.exists():
             problem = "was not produced"
         elif p.is_file() and p.stat().st_size == 0:
             problem = "is empty"
@@ -138,17 +151,24 @@ class OutputLocked(RuntimeError):
         self.holder = holder
 
 
-def _lock_holder(fd: int) -> str:
+def _lock_holder(fd: int) -> tuple[str, str]:
+    """(who holds the lock, "writing" or "reading") as its holder wrote them into the lock file."""
     try:
         text = os.pread(fd, 256, 0).decode("utf-8", errors="replace").split()
     except OSError:
         text = []
-    return f"pid {text[0]} on {text[1]}" if len(text) >= 2 else "an unknown process"
+    holder = f"pid {text[0]} on {text[1]}" if len(text) >= 2 else "an unknown process"
+    return holder, "reading" if text[2:3] == ["reading"] else "writing"
 
 
 @contextlib.contextmanager
-def output_lock(final_dir: Path, timeout_s: float, *, log: logging.Logger | None = None) -> Iterator[Path]:
+def output_lock(final_dir: Path, timeout_s: float, *, log: logging.Logger | None = None,
+                shared: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on ``final_dir`` for the block, so two writers of one output serialize.
+
+    ``shared=True`` takes it as a reader: readers of an output (a compile loading a profile) hold it
+    together and keep its writer (a recalibration) waiting until they are done, so what a reader
+    hashed is what its compiler loads. The last reader to leave removes the lock file.
 
     The lock is ``flock`` on ``<parent>/.<name>.lock`` (it works across processes and hosts sharing a
     file system, and between threads of one process). A second writer waits, logging once whom it
@@ -165,18 +185,19 @@ def output_lock(final_dir: Path, timeout_s: float, *, log: logging.Logger | None
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _lock_holder(fd)
+            holder, doing = _lock_holder(fd)
             os.close(fd)
             if time.monotonic() >= deadline:
                 raise OutputLocked(
-                    f"{final_dir} is being written by another run ({holder}; lock file {path}); gave up "
-                    f"after waiting {timeout_s:g} s. Retry once that run has finished, or stop it if it hangs",
+                    f"{final_dir} is being {'read' if doing == 'reading' else 'written'} by another run "
+                    f"({holder}; lock file {path}); gave up after waiting {timeout_s:g} s. Retry once that "
+                    "run has finished, or stop it if it hangs",
                     final_dir, holder,
                 ) from None
             if log is not None and holder != waited_for:
-                log.warning(f"waiting for {final_dir}: {holder} is writing it (up to {timeout_s:g} s)")
+                log.warning(f"waiting for {final_dir}: {holder} is {doing} it (up to {timeout_s:g} s)")
                 waited_for = holder
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.5)
@@ -195,11 +216,19 @@ def output_lock(final_dir: Path, timeout_s: float, *, log: logging.Logger | None
     try:
         with contextlib.suppress(OSError):  # who holds it, for waiters' messages (best effort: disk full)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            doing = " reading" if shared else ""
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}{doing}\n".encode(), 0)
         yield path
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        last = True
+        if shared:  # only the last reader may remove the file (no reader left: the upgrade succeeds)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                last = False
+        if last:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         os.close(fd)
 
 

@@ -1,22 +1,19 @@
 """The one runner for every compiler call (``qaic-exec``, ``qaic-compile`` or ``qaic-exec-cpu``).
 
-Design points (see DESIGN.md "Data flow"):
+Why it is built this way (docs/RELIABILITY.md lists the tests):
 
 * A command is an argv list, started with ``subprocess.Popen(argv)`` and never through a shell.
-* The child's stdout and stderr are merged and read line by line. Only "selective" lines (errors,
-  warnings, progress; :data:`LOG_LINE_PATTERN`) are forwarded to the logger because every forwarded
-  line is a Dagster event-log write; ``%`` progress lines are additionally rate limited. The last
-  ``tail_lines`` lines are kept for the failure message and the materialization metadata.
-* The child runs in its own process group (so the whole group can be signalled) and, on Linux, with
-  ``PR_SET_PDEATHSIG=SIGKILL`` so it dies if our process is SIGKILLed. When the call times out, or the
-  calling thread is interrupted (KeyboardInterrupt, or Dagster's DagsterExecutionInterruptedError on
-  run cancellation; any BaseException), the group gets SIGTERM, then SIGKILL after a grace period.
-  When the child exits, whatever is left of its process group is SIGKILLed: no compiler helper
-  outlives the call.
-* Peak RSS comes from ``os.wait4`` (``ru_maxrss``), not psutil, corrected for the parent's RSS that
-  Linux folds into a child's ``ru_maxrss`` (see :class:`_PeakRss`).
-* Known limit: PR_SET_PDEATHSIG reaches the compiler process itself, not helpers it starts on its own;
-  those are only cleaned up by the process-group signals (timeout, cancellation, normal exit).
+* ``timeout_s`` bounds the wall time of the whole call: output is read on its own thread
+  (output_stream.py) and forwarded to the logger at a bounded rate, so neither a verbose compiler nor
+  a slow event log can keep the call past its deadline; a child that exited by itself is judged by its
+  exit code, never reported as timed out.
+* The child runs in its own process group and, on Linux, with ``PR_SET_PDEATHSIG=SIGKILL``. On
+  timeout or cancellation (any BaseException in the calling thread) the group and every descendant
+  (proctree.py: also those that left the group with ``setsid``) get SIGTERM, then SIGKILL after a
+  grace period; when the child exits, whatever is left of them is SIGKILLed.
+* Peak RSS comes from ``os.wait4`` (``ru_maxrss``), corrected for the parent's RSS that Linux folds
+  into a child's ``ru_maxrss`` (see rss.py).
+* Known limit: if our own process is SIGKILLed, PR_SET_PDEATHSIG reaches the compiler process only.
 """
 
 from __future__ import annotations
@@ -25,43 +22,36 @@ import ctypes
 import errno
 import logging
 import os
-import queue
-import re
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+from qaic_assets.build.output_stream import (  # noqa: F401  (LOG_LINE_PATTERN: re-exported)
+    LINES_PER_S,
+    LOG_LINE_PATTERN,
+    PROGRESS_MIN_INTERVAL_S,
+    LogForwarder,
+    OutputReader,
+)
+from qaic_assets.build.proctree import TOKEN_ENV, Descendants, new_token
+from qaic_assets.build.rss import PeakRss
 
 
 # --------------------------------------------------------------------------------------------------
 # Tunables
 
-#: Output lines forwarded to the logger (case-insensitive search). Everything else only goes to the
-#: tail. Keep it narrow: each forwarded line is one Dagster event-log write.
-LOG_LINE_PATTERN = re.compile(
-    r"error|warn|fatal|fail|exception|traceback|%|compil|profil|\bdone\b",
-    re.IGNORECASE,
-)
-#: Lines matching this are logged at ERROR level (the others matching LOG_LINE_PATTERN at INFO).
-_ERROR_LINE_PATTERN = re.compile(r"error|fatal|fail|exception|traceback", re.IGNORECASE)
-#: Lines matching this (and not _ERROR_LINE_PATTERN) are logged at WARNING level.
-_WARNING_LINE_PATTERN = re.compile(r"warn", re.IGNORECASE)
-#: Progress lines (containing ``%`` and not an error/warning) are forwarded at most this often.
-PROGRESS_MIN_INTERVAL_S = 1.0
 #: Seconds between SIGTERM and SIGKILL when the child is stopped (timeout or cancellation).
 TERM_GRACE_S = 10.0
-#: After the child exited, how long to wait for the output pipe to reach EOF.
+#: After the child (and its descendants) ended, how long to wait for the output pipe to reach EOF.
 _DRAIN_S = 2.0
-#: How often the child's own high-water mark (/proc/<pid>/status VmHWM) is sampled; see _PeakRss.
-_RSS_SAMPLE_S = 0.2
-#: Longer lines are cut (in the tail and in the log).
-_MAX_LINE_CHARS = 4000
+#: How often the main loop wakes up (exit, deadline, forwarding), and how often /proc is walked.
+_POLL_S = 0.05
+_SCAN_S = 0.25
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,6 +67,8 @@ class RunResult:
     duration_s: float
     peak_rss_bytes: int
     log_tail: list[str]
+    output_lines: int = 0
+    log_path: str | None = None  # every output line, when the caller asked for a log file
 
 
 class CompilerError(RuntimeError):
@@ -162,64 +154,16 @@ def _wait_exited(pid: int, timeout_s: float) -> bool:
         time.sleep(min(0.02, remaining))
 
 
-def _stop_group(pid: int, grace_s: float) -> None:
-    """SIGTERM the child's process group, SIGKILL it after ``grace_s``, wait until the leader exited."""
+def _stop_group(pid: int, grace_s: float, family: Descendants | None = None) -> None:
+    """SIGTERM the child's process group and its escaped descendants, SIGKILL them after ``grace_s``;
+    wait until the leader exited."""
     _killpg(pid, signal.SIGTERM)
+    if family is not None:
+        family.scan()
+        family.signal_all(signal.SIGTERM)
     if not _wait_exited(pid, grace_s):
         _killpg(pid, signal.SIGKILL)
         _wait_exited(pid, 60.0)
-
-
-def _self_peak_rss() -> int:
-    """This process's peak RSS in bytes (an upper bound of what a child inherits in ru_maxrss)."""
-    try:
-        import resource
-
-        maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    except (ImportError, OSError):  # pragma: no cover - non-POSIX
-        return 0
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
-
-
-def _read_vmhwm(pid: int) -> int:
-    """The process's own peak RSS (VmHWM) in bytes from /proc, 0 if unavailable (exited, non-Linux)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-class _PeakRss:
-    """Peak RSS of the child, corrected for what it inherits from us.
-
-    Linux carries the parent's RSS high-water mark into the child's ``ru_maxrss`` at fork/exec, so a
-    small compiler started from a 400 MB Dagster step process reports >= 400 MB from ``wait4``. Hence:
-    if ``wait4``'s value exceeds our own peak at spawn time, the child got there by itself and the value
-    is exact; otherwise the child's true peak is the highest VmHWM sampled from /proc while it ran
-    (VmHWM starts afresh at exec), falling back to the ``wait4`` value (an upper bound) if the child
-    exited before the first sample.
-    """
-
-    _MARGIN = 4 << 20
-
-    def __init__(self) -> None:
-        self.parent_peak = _self_peak_rss()
-        self.sampled = 0
-        self._next = 0.0
-
-    def sample(self, pid: int, now: float) -> None:
-        if now >= self._next:
-            self._next = now + _RSS_SAMPLE_S
-            self.sampled = max(self.sampled, _read_vmhwm(pid))
-
-    def resolve(self, wait4_peak: int) -> int:
-        if wait4_peak > self.parent_peak + self._MARGIN or self.sampled <= 0:
-            return wait4_peak
-        return self.sampled
 
 
 def _reap(pid: int) -> tuple[int, int]:
@@ -241,51 +185,6 @@ def _reap(pid: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------------------------------
 # Output handling
-
-_EOF = object()
-
-
-def _reader(stream, q: "queue.SimpleQueue") -> None:
-    try:
-        for raw in iter(stream.readline, b""):
-            q.put(raw)
-    except (OSError, ValueError):
-        pass
-    finally:
-        q.put(_EOF)
-
-
-class _LineSink:
-    def __init__(self, log: logging.Logger | None, tail_lines: int, progress_interval_s: float):
-        self.log = log
-        self.tail: deque[str] = deque(maxlen=max(0, tail_lines))
-        self.progress_interval_s = progress_interval_s
-        self._last_progress = float("-inf")
-
-    def feed(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        # Progress bars redraw with "\r": treat each segment as a line.
-        for segment in text.split("\r") if "\r" in text else (text,):
-            if segment.strip() == "" and "\r" in text:
-                continue
-            self._line(segment[:_MAX_LINE_CHARS])
-
-    def _line(self, line: str) -> None:
-        self.tail.append(line)
-        if self.log is None or not LOG_LINE_PATTERN.search(line):
-            return
-        if _ERROR_LINE_PATTERN.search(line):
-            self.log.error(line)
-        elif _WARNING_LINE_PATTERN.search(line):
-            self.log.warning(line)
-        else:
-            if "%" in line:
-                now = time.monotonic()
-                if now - self._last_progress < self.progress_interval_s:
-                    return
-                self._last_progress = now
-            self.log.info(line)
-
 
 def _format_tail(tail: list[str]) -> str:
     if not tail:
@@ -323,22 +222,30 @@ def run_compiler(
     tail_lines: int = 50,
     grace_s: float = TERM_GRACE_S,
     progress_interval_s: float = PROGRESS_MIN_INTERVAL_S,
+    log_path: Path | None = None,
+    log_name: str | Path | None = None,
+    lines_per_s: float = LINES_PER_S,
 ) -> RunResult:
     """Run one compiler command and return its RunResult; raise a CompilerError if it did not succeed.
 
     ``argv`` is passed to the child verbatim (no shell, no splitting). ``env`` is *merged over*
     ``os.environ`` (a value of ``None`` removes a variable); ``PYTHONUNBUFFERED=1`` is set unless given,
-    so Python-based compilers stream their output. ``timeout_s`` bounds the wall time; on timeout the
-    child's process group gets SIGTERM, SIGKILL after ``grace_s``, and CompilerTimeout is raised. Any
-    BaseException raised in the calling thread while waiting (cancellation) stops the child the same
-    way and is re-raised. Exit code != 0 or death by a signal raises CompilerFailed.
+    so Python-based compilers stream their output. ``timeout_s`` bounds the wall time of the call: a
+    child still running at the deadline gets SIGTERM (its process group and every descendant), SIGKILL
+    after ``grace_s``, and CompilerTimeout is raised; a child that exited by itself before we noticed
+    the deadline is judged by its exit code. Any BaseException raised in the calling thread while
+    waiting (cancellation) stops the child the same way and is re-raised. Exit code != 0 or death by a
+    signal raises CompilerFailed. Every output line goes to ``log_path`` (when given); selected lines
+    reach ``log`` at most ``lines_per_s`` per second, the rest as a count naming the log file as
+    ``log_name`` (default ``log_path``: a temporary dir renamed into place names its final path).
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError("run_compiler: empty argv")
-    if not timeout_s or timeout_s <= 0:
-        raise ValueError(f"run_compiler: timeout_s must be > 0, got {timeout_s!r}")
+    if not (timeout_s and 0 < timeout_s < float("inf")):
+        raise ValueError(f"run_compiler: timeout_s must be a finite number > 0, got {timeout_s!r}")
 
+    token = new_token()
     child_env = dict(os.environ)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     for key, value in (env or {}).items():
@@ -346,15 +253,18 @@ def run_compiler(
             child_env.pop(key, None)
         else:
             child_env[key] = str(value)
+    child_env[TOKEN_ENV] = token
 
     cmd_name = os.path.basename(argv[0])
     cmd_text = shlex.join(argv)
-    sink = _LineSink(log, tail_lines, progress_interval_s)
+    forwarder = LogForwarder(log, lines_per_s=lines_per_s, progress_interval_s=progress_interval_s,
+                             log_path=log_name or log_path)
     if log is not None:
         log.info(f"$ {cmd_text}")
 
-    rss = _PeakRss()
+    rss = PeakRss()
     start = time.monotonic()
+    deadline = start + timeout_s
     try:
         proc = subprocess.Popen(
             argv,
@@ -373,63 +283,54 @@ def run_compiler(
         raise CompilerFailed(f"{cmd_name} could not be started: {exc}\ncommand: {cmd_text}", result) from exc
 
     pid = proc.pid
-    q: queue.SimpleQueue = queue.SimpleQueue()
-    reader = threading.Thread(target=_reader, args=(proc.stdout, q), name=f"run_compiler-{pid}", daemon=True)
-    deadline = start + timeout_s
+    family = Descendants(pid, token)
+    reader = OutputReader(proc.stdout.fileno(), log_path, tail_lines)
 
-    def drain(until: float) -> None:
-        """Feed queued output to the sink until EOF or ``until`` (monotonic)."""
-        while True:
-            remaining = until - time.monotonic()
-            try:
-                item = q.get(timeout=max(0.0, remaining)) if remaining > 0 else q.get_nowait()
-            except queue.Empty:
-                return
-            if item is _EOF:
-                return
-            sink.feed(item)
+    def forward() -> None:
+        now = time.monotonic()
+        for line in reader.drain_selected():
+            forwarder.offer(line, now)
+        forwarder.tick(now)
 
     timed_out = False
     try:
         reader.start()
-        eof = False
+        next_scan = 0.0
         while True:
             now = time.monotonic()
             rss.sample(pid, now)  # Popen returned => the child has exec'd: its VmHWM is its own
-            if now >= deadline:
-                timed_out = True
-                break
-            try:
-                item = q.get(timeout=min(0.1, deadline - now))
-            except queue.Empty:
-                item = None
-            if item is _EOF:
-                eof = True
-            elif item is not None:
-                sink.feed(item)
-                continue  # keep up with output; exit is checked when the queue runs dry
+            if now >= next_scan:
+                family.scan()
+                next_scan = now + _SCAN_S
+            forward()
             if _has_exited(pid):
                 break
-            if eof:  # child closed its output but still runs: just wait for it
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
+            reader.wait(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+            if reader.done.is_set():  # output closed: only the exit is left to wait for
+                time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
         if timed_out:
-            _stop_group(pid, grace_s)
-        # Leader is a zombie now (pgid still reserved): sweep whatever is left of its group.
-        _killpg(pid, signal.SIGKILL)
-        if not eof:
-            drain(time.monotonic() + _DRAIN_S)
+            _stop_group(pid, grace_s, family)
+        _end_family(pid, family)
+        reader.wait(_DRAIN_S)
+        forwarder.count_dropped(reader.overflow)
+        forward()
+        forwarder.tick(final=True)
     except BaseException:
         # Cancellation (KeyboardInterrupt / DagsterExecutionInterruptedError / ...): stop the child.
         try:
-            _stop_group(pid, grace_s)
-            _killpg(pid, signal.SIGKILL)
+            _stop_group(pid, grace_s, family)
         except BaseException:
             _killpg(pid, signal.SIGKILL)
             raise
         finally:
+            _end_family(pid, family)
             returncode, _ = _reap(pid)
             proc.returncode = returncode
-            _close_quietly(proc.stdout)
+            if reader.wait(_DRAIN_S):
+                _close_quietly(proc.stdout)
         if log is not None:
             elapsed = time.monotonic() - start
             log.warning(f"{cmd_name} interrupted after {elapsed:.1f} s; its process group {pid} was stopped")
@@ -439,10 +340,10 @@ def run_compiler(
     peak_rss = rss.resolve(wait4_peak)
     proc.returncode = returncode  # keep Popen consistent (it must not try to wait for the pid again)
     duration = time.monotonic() - start
-    reader.join(timeout=0.5)
-    if not reader.is_alive():  # else a grandchild escaped the group and holds the pipe: leave it be
+    if reader.done.is_set():  # else something outside our reach holds the pipe: leave the fd be
         _close_quietly(proc.stdout)
-    result = RunResult(argv, returncode, duration, peak_rss, list(sink.tail))
+    result = RunResult(argv, returncode, duration, peak_rss, list(reader.tail), reader.lines,
+                       str(log_name or log_path) if log_path is not None else None)
 
     tail_text = _format_tail(result.log_tail)
     if timed_out:
@@ -462,8 +363,17 @@ def run_compiler(
             result,
         )
     if log is not None:
-        log.info(f"{cmd_name} finished in {duration:.1f} s, peak RSS {_human_bytes(peak_rss)}")
+        where = f"; full log {log_name or log_path}" if log_path is not None else ""
+        log.info(f"{cmd_name} finished in {duration:.1f} s, peak RSS {_human_bytes(peak_rss)}, "
+                 f"{reader.lines} output lines{where}")
     return result
+
+
+def _end_family(pid: int, family: Descendants) -> None:
+    """The leader exited (a zombie keeps its pgid reserved): SIGKILL what is left of its group and
+    every descendant that escaped it."""
+    _killpg(pid, signal.SIGKILL)
+    family.kill_all()
 
 
 def _describe_code(returncode: int) -> str:

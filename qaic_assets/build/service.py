@@ -24,7 +24,13 @@ from typing import Callable
 
 from qaic_assets.build import harness
 from qaic_assets.build.manifest import cache_key, cached_manifest, read_manifest, write_manifest
-from qaic_assets.build.outputs import OutputLocked, atomic_output_dir, clean_stale_temps, output_lock
+from qaic_assets.build.outputs import (
+    OutputLocked,
+    atomic_output_dir,
+    clean_stale_temps,
+    first_symlink,
+    output_lock,
+)
 from qaic_assets.build.plan import calibrate_command, compile_command
 from qaic_assets.build.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
 from qaic_assets.build.sources import SourceError, SourceModel, ensure_source
@@ -38,6 +44,8 @@ from qaic_assets.qaic.sdk import Backend, SdkError, select_backend
 from qaic_assets.settings import Settings, batch_key, target_key
 
 _LOG = logging.getLogger("qaic_assets.build")
+#: Every line the compiler printed, kept beside its output (the event log gets a rate-limited summary).
+COMPILER_LOG = "compiler.log"
 
 
 class BuildError(RuntimeError):
@@ -134,7 +142,8 @@ def lock_timeout(config: Settings) -> float:
 
 def _run(command: Command, cwd: Path, config: Settings, log: logging.Logger) -> RunResult:
     try:
-        return run_compiler(command.argv, cwd=cwd, timeout_s=config.compile_timeout_s, log=log)
+        return run_compiler(command.argv, cwd=cwd, timeout_s=config.compile_timeout_s, log=log,
+                            log_path=cwd / COMPILER_LOG, log_name=command.cwd / COMPILER_LOG)
     except CompilerError as exc:
         full = any("No space left on device" in line for line in exc.result.log_tail)
         with contextlib.suppress(OSError):
@@ -149,6 +158,11 @@ def _run(command: Command, cwd: Path, config: Settings, log: logging.Logger) -> 
 def _output(tmp: Path, command: Command) -> Path:
     """The command's expected output in its temporary dir; exit 0 without it is a failure."""
     path = tmp / command.output
+    link = first_symlink(tmp, command.output)
+    if link is not None:
+        raise BuildError(f"{Path(command.argv[0]).name} wrote {link.relative_to(tmp)} as a symlink (to "
+                         f"{os.readlink(link)}): refused, the output must be a regular file (for "
+                         f"{command.cwd}); the previous output is kept")
     if not path.is_file() or path.stat().st_size == 0:
         raise BuildError(f"{Path(command.argv[0]).name} exited 0 but wrote no {command.output} "
                          f"(for {command.cwd}); the previous output is kept")
@@ -165,6 +179,14 @@ def _require_node_precision(config: Settings, model: str, command: Command) -> N
     path = model_inputs(config, model).node_precision
     if path is not None and any(a.startswith("-node-precision-info=") for a in command.argv):
         require(path, "node-precision file", f"fix models.{model}.node_precision in {config.source_file}")
+
+
+def _node_precision_input(config: Settings, model: str, command: Command) -> dict | None:
+    """The node-precision file the command names, as a cache-key input (editing it rebuilds)."""
+    path = model_inputs(config, model).node_precision
+    if path is None or f"-node-precision-info={path}" not in command.argv:
+        return None
+    return {"path": str(path), "sha256": sha256_file(path)}
 
 
 def sample_sizes(description: dict, argv: list[str]) -> list[int]:
@@ -185,11 +207,11 @@ def sample_sizes(description: dict, argv: list[str]) -> list[int]:
 
 
 @contextlib.contextmanager
-def _lock(config: Settings, directory: Path, log: logging.Logger):
+def _lock(config: Settings, directory: Path, log: logging.Logger, shared: bool = False):
     """Hold the output lock of `directory`; giving up after lock_timeout is a BuildError naming the holder."""
     held = contextlib.ExitStack()
     try:
-        held.enter_context(output_lock(directory, lock_timeout(config), log=log))
+        held.enter_context(output_lock(directory, lock_timeout(config), log=log, shared=shared))
     except OutputLocked as exc:
         raise BuildError(str(exc)) from exc
     with held:
@@ -205,10 +227,11 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
     # one writer per output dir at a time (a second run of the same partition waits, then may hit the
     # cache); storage errors (read-only, disk full) name the dir and the fix
     with storage_errors(config), _lock(config, command.cwd, log):
+        # leftovers of a killed writer go first, so a cache hit leaves none behind either
+        clean_stale_temps(command.cwd.parent, command.cwd.name)
         if not force and (manifest := cached_manifest(command.cwd, command.output, key)):
             log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
             return manifest, True
-        clean_stale_temps(command.cwd.parent, command.cwd.name)
         with atomic_output_dir(command.cwd, [command.output]) as tmp:
             try:
                 extra = prepare(tmp) if prepare else {}
@@ -226,6 +249,7 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
                            "size_bytes": output.stat().st_size},
                 "run_id": who.run_id, "duration_s": round(result.duration_s, 3),
                 "peak_rss_bytes": result.peak_rss_bytes, "log_tail": result.log_tail[-20:],
+                "log": {"path": str(command.cwd / COMPILER_LOG), "lines": result.output_lines},
                 "worker": f"{socket.gethostname()}:{os.getpid()}", "created_at": time.time(), "extra": extra,
             }
             write_manifest(tmp, manifest)
@@ -254,6 +278,9 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
     with_harness = config.recipe_of(model) == harness.RECIPE
     if with_harness:  # the names are an input of the harness parameters written beside the profile
         inputs["harness_names"] = cfg.harness.model_dump(mode="json")
+    node_precision = _node_precision_input(config, model, command)
+    if node_precision:
+        inputs["node_precision"] = node_precision
     extra: dict = {}
 
     def prepare(tmp: Path) -> dict:
@@ -292,17 +319,31 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     src = source(config, model)
     _require_node_precision(config, model, command)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
-    if cfg.quantize:
-        profile = calibration_dir(config, model, batch) / PROFILE_FILE
-        require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
-        inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+    node_precision = _node_precision_input(config, model, command)
+    if node_precision:
+        inputs["node_precision"] = node_precision
     if percentile is not None:  # the value (in the argv too), not the file: a re-run sweep changes its run id
         inputs["percentile_choice"] = {"path": str(choice_path(config, model, batch)), "value": percentile}
     previous = read_manifest(command.cwd)
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
     extra: dict = {}
-    manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,
-                                 prepare=lambda tmp: extra, cleanup=lambda tmp: extra.update(profile_use(tmp, command)))
+
+    def build() -> tuple[dict, bool]:
+        return run_build(config, compiler, command, inputs, who, force=force, log=log,
+                         prepare=lambda tmp: extra, cleanup=lambda tmp: extra.update(profile_use(tmp, command)))
+
+    if not cfg.quantize:
+        manifest, cached = build()
+        return Built(manifest, cached, command, src, inputs, previous=previous)
+    # a reader's lock on the profile: a recalibration of this batch waits until the compiler is done,
+    # so the sha256 recorded is that of the bytes the compiler loads
+    profile_dir = calibration_dir(config, model, batch)
+    profile = profile_dir / PROFILE_FILE
+    require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
+    with storage_errors(config), _lock(config, profile_dir, log, shared=True):
+        require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
+        inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
+        manifest, cached = build()
     return Built(manifest, cached, command, src, inputs, previous=previous)
 
 

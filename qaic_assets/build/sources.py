@@ -6,9 +6,12 @@ before anything is compiled from it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +112,46 @@ def _download(url: str, sha256: str, dest: Path) -> None:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def _leave_nothing(directory: Path):
+    """On failure, remove what the block added under ``directory`` (files, then emptied folders,
+    the folder itself and its parents when the block created them): a failed download or a stand-in
+    cut short by a full disk leaves nothing behind."""
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    before = _tree(directory)
+    try:
+        yield
+    except BaseException:
+        for path in sorted(_tree(directory) - before, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+        for path in created:  # innermost first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def _tree(directory: Path) -> set[Path]:
+    found = set()
+    for root, dirs, files in os.walk(directory):
+        found.update(Path(root) / name for name in dirs + files)
+    return found
+
+
+def _fetch(config: Settings, model: str, url: str, sha256: str, path: Path) -> None:
+    """Download with network errors named (URL, reason, where to fix it) instead of raw tracebacks."""
+    fix = (f"fix models.{model}.source.url in {config.source_file}, or download the file yourself and "
+           "give its path as source.path")
+    try:
+        _download(url, sha256, path)
+    except urllib.error.HTTPError as exc:
+        raise SourceError(f"cannot download {url}: the server answered HTTP {exc.code} {exc.reason}; {fix}") from None
+    except urllib.error.URLError as exc:
+        raise SourceError(f"cannot download {url}: {exc.reason}; check the network (proxy, DNS) or {fix}") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise SourceError(f"cannot download {url}: {type(exc).__name__}: {exc}; check the network or {fix}") from None
+
+
 def ensure_source(config: Settings, model: str) -> SourceModel:
     """Make the model file present and verified; never re-downloads or regenerates a good file."""
     src = config.model(model).source
@@ -116,13 +159,15 @@ def ensure_source(config: Settings, model: str) -> SourceModel:
     if src.standin:
         from qaic_assets.models.standins import build_standin
 
-        path = build_standin(src.standin, source_dir(config, model)).model
+        with _leave_nothing(source_dir(config, model)):
+            path = build_standin(src.standin, source_dir(config, model)).model
         kind = "standin"
     elif src.url:
         kind = "url"
         if not (path.is_file() and sha256_file(path) == src.sha256):
             path.unlink(missing_ok=True)  # a stale or tampered copy is never used
-            _download(src.url, src.sha256, path)
+            with _leave_nothing(path.parent):
+                _fetch(config, model, src.url, src.sha256, path)
     else:
         kind = "path"
         if not path.is_file():

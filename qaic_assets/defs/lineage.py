@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from qaic_assets.qaic.commands import BINARY_DIR
 from qaic_assets.build.store import compile_dir
 from qaic_assets.build.process import TERM_GRACE_S
 from qaic_assets.build.outputs import atomic_output_dir, clean_stale_temps, output_lock
+from qaic_assets.build.safe_copy import UnsafeSource, check_tree, copy_checked
 from qaic_assets.hashing import sha256_file
 from qaic_assets.build.manifest import write_manifest
 from qaic_assets.qaic.sdk import select_backend
@@ -79,6 +79,13 @@ def register_binary(config: Settings, instance: dg.DagsterInstance, model: str, 
     """Copy a prebuilt `-aic-binary-dir` into the store and record it as a materialization."""
     backend = select_backend(config.backend, config.sdk_root, require=False)
     source = source.expanduser().resolve()
+    if not source.is_dir():
+        raise RegisterError(f"{source} is not a directory: pass the directory qaic-exec wrote with "
+                            "-aic-binary-dir")
+    try:  # nothing outside the directory, no symlinked binary, no FIFO or device (build/safe_copy.py)
+        files = check_tree(source, backend.binary_file)
+    except UnsafeSource as exc:
+        raise RegisterError(f"refusing to register {source}: {exc}") from None
     if not (source / backend.binary_file).is_file():
         raise RegisterError(
             f"{source} holds no {backend.binary_file}: pass the directory qaic-exec wrote with "
@@ -90,7 +97,10 @@ def register_binary(config: Settings, instance: dg.DagsterInstance, model: str, 
     with output_lock(final, config.compile_timeout_s + TERM_GRACE_S + 60.0):
         clean_stale_temps(final.parent, final.name)
         with atomic_output_dir(final, [expected]) as tmp:
-            shutil.copytree(source, tmp / BINARY_DIR, symlinks=False)
+            try:
+                copy_checked(files, tmp / BINARY_DIR)
+            except UnsafeSource as exc:
+                raise RegisterError(f"refusing to register {source}: {exc}") from None
             sha = sha256_file(tmp / expected)
             size = (tmp / expected).stat().st_size
             info = {"path": str(final / expected), "sha256": sha, "size_bytes": size}

@@ -137,7 +137,7 @@ def test_calibration_inputs_are_batched_like_the_seed(project, monkeypatch, tmp_
     meta = latest(instance, profile_key("tiny"), "bs2").metadata
     assert (meta["calibration_samples"].value, meta["calibration_batches"].value) == (5, 3)
     calib_dir = config.storage_root / "tiny" / "calibration" / "bs2"
-    assert sorted(p.name for p in calib_dir.iterdir()) == ["manifest.json", "profile.yaml"]
+    assert sorted(p.name for p in calib_dir.iterdir()) == ["compiler.log", "manifest.json", "profile.yaml"]
 
 
 def test_wrong_sized_calibration_file_fails_before_the_compiler(project):

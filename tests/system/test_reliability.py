@@ -631,10 +631,12 @@ def test_sigkill_of_the_step_process_kills_the_compiler_and_the_next_run_recompi
     assert not success
     assert project.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert wait_gone(call["pid"]), "the compiler outlived its SIGKILLed step process (PR_SET_PDEATHSIG)"
-    # what the killed step left: its half-written temp dir and its (no longer held) lock file
+    # what the killed step left: its half-written temp dir and its (no longer held) lock files, the
+    # output's and the reader's lock of the profile it compiled from
     assert (temp / "elfs" / "programqpc.bin").read_bytes().startswith(b"PARTIAL OUTPUT")
     assert sorted(project.leftovers()) == sorted([str(temp.relative_to(project.store)),
-                                                 str(project.final.parent.relative_to(project.store) / ".offline-nsp14.lock")])
+                                                 str(project.final.parent.relative_to(project.store) / ".offline-nsp14.lock"),
+                                                 "tiny/calibration/.bs2.lock"])
     assert project.state() == before  # the final dir, manifests and metadata are the previous ones
     assert_rerun_succeeds(project)  # cleans the leftovers, recompiles
     assert not temp.exists()

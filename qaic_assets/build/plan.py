@@ -70,8 +70,9 @@ def compile_command(
 
 def plan_target(
     config: Settings, backend: Backend, model: str, scenario: str, nsp: int, batch: int,
-    *, quantize: bool | None = None, percentile: float | None = None,
+    *, quantize: bool | None = None, percentile: float | None = None, calibrate_backend: Backend | None = None,
 ) -> TargetPlan:
+    """`calibrate_backend`: the calibrating compiler when it differs (`calibration_compiler`)."""
     quantize = config.model(model).quantize if quantize is None else quantize
     inputs = model_inputs(config, model)
     return TargetPlan(
@@ -83,6 +84,6 @@ def plan_target(
         backend=backend.name,
         compile=compile_command(config, backend, model, batch, scenario, nsp,
                                 quantize=quantize, percentile=percentile),
-        calibrate=calibrate_command(config, backend, model, batch) if quantize else None,
+        calibrate=calibrate_command(config, calibrate_backend or backend, model, batch) if quantize else None,
         missing=inputs.missing(),
     )

@@ -174,10 +174,11 @@ def flag_files(config: Settings, model: str, command: Command) -> dict:
             continue
         path = Path(value)
         if name == "node-precision-info" and node_precision is not None and path == node_precision:
-            fix = f"fix models.{model}.node_precision in {config.source_file}"
+            what, fix = "node-precision file", f"fix models.{model}.node_precision in {config.source_file}"
         else:
+            what = f"-{name} file"
             fix = f"fix -{name} in models.{model}.extra_flags of {config.source_file} (relative to that file)"
-        require(path, f"-{name} file", fix)
+        require(path, what, fix)
         files[f"-{name}"] = {"path": str(path), "sha256": sha256_file(path)}
     return files
 

@@ -103,3 +103,26 @@ def test_calibration_uses_the_same_executable_unless_configured(tmp_path):
     config.calibration_compiler = "qaic-exec"
     assert settings_backend(config).compiler == "qaic-compile"
     assert settings_backend(config, calibrate=True).compiler == "qaic-exec"
+
+
+def test_plan_shows_the_executables_and_versions(tmp_path, capsys):
+    from qaic_assets.cli import main
+
+    root = make_fake_sdk(tmp_path / "sdk", compiler="both", version=("1.21.0", "12"), platform=("1.21.1", "3"))
+    config = tmp_path / "qaic.yaml"
+    config.write_text(f"""
+sdk_root: {root}
+calibration_compiler: qaic-exec
+matrix: {{scenarios: [offline], nsp: [14], batch: [1]}}
+models:
+  m: {{recipe: resnet50, source: {{path: m.onnx}}, calibration: {{list: cal.txt}}}}
+""")
+    assert main(["--config", str(config), "plan", "--model", "m", "--scenario", "offline",
+                 "--percentile", "99.99999"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"# compiler: {root}/exec/qaic-compile (qaic-compile; Apps SDK 1.21.0.12, Platform SDK 1.21.1.3)"
+    assert out[1] == f"# calibrating with: {root}/exec/qaic-exec"
+    calibrate, compile_ = [line for line in out if line.startswith("(cd ")]
+    assert f"&& {root}/exec/qaic-exec -input-list-file=" in calibrate
+    assert f"&& {root}/exec/qaic-compile -model=" in compile_
+    assert compile_.endswith("-percentile-calibration-value=99.99999)")

@@ -71,7 +71,7 @@ _TABLE = [
     _f("profiling-threads", "int", A, "ONNX Runtime intra-op threads while profiling (compile: unused)",
        low=1, mode="both"),
     _f("vvv", "switch", A, "verbose progress lines", mode="both"),
-    _f("v", "switch", A, "verbose progress lines", mode="both"),
+    _f("v", "switch", NA, "verbose compiler log (the CPU compiler has only -vvv)", mode="both"),
     # --- calibrate ---
     _f("input-list-file", "infile", A, "calibration inputs (list file of raw files)", mode="calibrate"),
     _f("dump-profile", "outfile", A, "calibrate mode: write the Glow-style profile YAML here", mode="calibrate"),

@@ -6,6 +6,7 @@ qaic/commands.py placed in the storage layout of build/store.py. The asset ops r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from qaic_assets.build.store import calibration_dir, compile_dir, model_inputs
 from qaic_assets.qaic.commands import (
@@ -16,6 +17,7 @@ from qaic_assets.qaic.commands import (
     compile_argv,
     placeholders,
 )
+from qaic_assets.qaic.flags import file_flags
 from qaic_assets.qaic.sdk import Backend
 from qaic_assets.settings import Settings, batch_key, target_key
 
@@ -85,5 +87,6 @@ def plan_target(
         compile=compile_command(config, backend, model, batch, scenario, nsp,
                                 quantize=quantize, percentile=percentile),
         calibrate=calibrate_command(config, calibrate_backend or backend, model, batch) if quantize else None,
-        missing=inputs.missing(),
+        missing=inputs.missing() + [f"-{name} file {value}" for name, value
+                                    in file_flags(config.model(model).extra_flags) if not Path(value).exists()],
     )

@@ -115,7 +115,8 @@ sdk_root: {root}
 calibration_compiler: qaic-exec
 matrix: {{scenarios: [offline], nsp: [14], batch: [1]}}
 models:
-  m: {{recipe: resnet50, source: {{path: m.onnx}}, calibration: {{list: cal.txt}}}}
+  m: {{recipe: resnet50, source: {{path: m.onnx}}, calibration: {{list: cal.txt}},
+      extra_flags: [-custom-IO-list-file=io.yaml]}}
 """)
     assert main(["--config", str(config), "plan", "--model", "m", "--scenario", "offline",
                  "--percentile", "99.99999"]) == 0
@@ -126,3 +127,5 @@ models:
     assert f"&& {root}/exec/qaic-exec -input-list-file=" in calibrate
     assert f"&& {root}/exec/qaic-compile -model=" in compile_
     assert compile_.endswith("-percentile-calibration-value=99.99999)")
+    assert f"-custom-IO-list-file={tmp_path}/io.yaml" in compile_
+    assert f"#   missing input: -custom-IO-list-file file {tmp_path}/io.yaml" in out

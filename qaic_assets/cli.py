@@ -13,7 +13,7 @@ from pathlib import Path
 from qaic_assets.qaic import recipes
 from qaic_assets.settings import MAX_BATCH, ConfigError, load_settings
 from qaic_assets.build.plan import plan_target
-from qaic_assets.qaic.sdk import SdkError, select_backend
+from qaic_assets.qaic.sdk import SdkError, settings_backend
 
 
 class UsageError(Exception):
@@ -76,9 +76,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     nsps = _choose("nsp", _csv(args.nsp, "--nsp"), recipes.valid_nsp(), convert=int)
     batches = _positive_ints("batch", _csv(args.batch, "--batch"), MAX_BATCH)
     _percentile(args.percentile)
-    backend = select_backend(config.backend, config.sdk_root, require=False)
+    backend = settings_backend(config, require=False)
+    calibrator = settings_backend(config, calibrate=True, require=False)
     plans = [
-        plan_target(config, backend, m, s, n, b,
+        plan_target(config, backend, m, s, n, b, calibrate_backend=calibrator,
                     quantize=False if args.no_quantize else None, percentile=args.percentile)
         for m in models for s in scenarios for n in nsps for b in batches
     ]
@@ -86,6 +87,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         json.dump([p.to_json() for p in plans], sys.stdout, indent=2)
         print()
         return 0
+    about = backend.describe()
+    print(f"# compiler: {backend.executable} ({backend.compiler}; Apps SDK {about['apps_version']}, "
+          f"Platform SDK {about['platform_version']})" if backend.name == "qaic" else
+          f"# compiler: {backend.executable} (CPU reference compiler {backend.version})")
+    if calibrator.executable != backend.executable:
+        print(f"# calibrating with: {calibrator.executable}")
     for p in plans:
         print(f"# {p.model} {p.scenario} nsp{p.nsp} bs{p.batch} (backend {p.backend})")
         # pasteable: every path and value shell-quoted

@@ -164,10 +164,19 @@ class ModelConfig(_Strict):
         default_factory=lambda: list(DEFAULT_PERCENTILE_CANDIDATES), min_length=1)
     harness: Harness = Field(default_factory=Harness)  # used by the retinanet recipe
     accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
-    # qaic-exec flags appended to every compile of this model (after the recipe's, before -batchsize),
-    # one argv item each (`-name` or `-name=value`; never split, never through a shell); checked
-    # against qaic_flags.FLAGS when the config is loaded
+    # compiler flags appended to every compile of this model (after the recipe's, before -batchsize),
+    # one argv item each (`-name` or `-name=value`; never split, never through a shell); checked against
+    # the SDK's grammar (qaic/flag_table.py) when the config is loaded; input files made absolute
     extra_flags: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_flags")
+    @classmethod
+    def _resolve_flag_files(cls, flags: list[str], info: ValidationInfo) -> list[str]:
+        """Files named by flags (-custom-IO-list-file=io.yaml) are relative to the config file."""
+        from qaic_assets.qaic.flags import resolve_file_flags
+
+        base = (info.context or {}).get("base_dir")  # the grammar is checked in Settings._recipes_known
+        return resolve_file_flags(flags, Path(base)) if base is not None else list(flags)
 
     @model_validator(mode="after")
     def _calibration_source(self) -> ModelConfig:
@@ -192,6 +201,16 @@ class ModelConfig(_Strict):
         return self.percentile == "sweep"
 
 
+class ThroughputCheck(_Strict):
+    """The `throughput` asset check: qaic-runner on a card after each SDK compile (off by default)."""
+
+    enabled: bool = False
+    inferences: int = Field(default=1000, ge=1, le=10**9)
+    device: int = Field(default=0, ge=0, le=1024)
+    activations: int | None = Field(default=None, ge=1, le=1024)  # None: partition nsp // NSPs required
+    timeout_s: float = Field(default=600.0, gt=0, le=86400)
+
+
 class Nightly(_Strict):
     enabled: bool = False
     cron: str = "0 3 * * *"
@@ -201,6 +220,10 @@ class Settings(_Strict):
     storage_root: ConfigPath = Path("artifacts")
     sdk_root: ConfigPath = Path("/opt/qti-aic")
     backend: Literal["auto", "qaic", "cpu"] = "auto"
+    # which SDK compiler: auto = exec/qaic-compile when the SDK has it, else exec/qaic-exec
+    compiler: Literal["auto", "qaic-exec", "qaic-compile"] = "auto"
+    calibration_compiler: Literal["auto", "qaic-exec", "qaic-compile"] | None = None  # None: as `compiler`
+    throughput_check: ThroughputCheck = ThroughputCheck()
     matrix: Matrix
     models: dict[str, ModelConfig] = Field(min_length=1)
     compile_timeout_s: float = Field(default=3600.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
@@ -234,7 +257,10 @@ class Settings(_Strict):
                 )
             if recipe == "retinanet" and model.node_precision is None and model.source.standin is None:
                 raise ValueError(f"model {name!r} uses the retinanet recipe and needs node_precision")
-            _check_extra_flags(name, model.extra_flags)
+            _check_extra_flags(name, model.extra_flags, model.quantize)
+            if isinstance(model.percentile, (int, float)) and not 90 <= model.percentile <= 100:
+                raise ValueError(f"model {name!r}: percentile {model.percentile} is outside 90-100, the range the "
+                                 "SDK documents for -percentile-calibration-value: fix `percentile:`")
         return self
 
     def model(self, name: str) -> ModelConfig:
@@ -254,44 +280,31 @@ class Settings(_Strict):
 # Flags the plan sets itself (inputs, outputs, batch, precision mode): extra_flags may not override them,
 # so no config can redirect an output (-aic-binary-dir) or swap an input behind the recorded argv.
 RESERVED_COMPILE_FLAGS = ("model", "load-profile", "aic-binary-dir", "batchsize", "convert-to-fp16")
-CALIBRATE_ONLY_FLAGS = ("input-list-file", "dump-profile", "profiling-threads", "num-histogram-bins")
 
 
-def _check_extra_flags(model: str, flags: list[str]) -> None:
-    from qaic_assets.qaic.flags import FlagError, parse_argv
+def _check_extra_flags(model: str, flags: list[str], quantize: bool) -> None:
+    from qaic_assets.qaic.flags import ALIASES, FLAGS, FlagError, check_mode, check_output_paths, parse_argv, split_arg
 
     try:
         parsed = parse_argv(flags)
+        if quantize and "convert-to-quantize" in parsed:  # a quantized compile loads its profile
+            check_mode(parse_argv([*flags, "-load-profile=profile.yaml"]), calibrate=False)
     except FlagError as exc:
         raise ValueError(f"model {model!r}: extra_flags: {exc}") from None
-    for name in parsed.values:
+    for arg in flags:
+        name, _ = split_arg(arg)
+        written = arg[1:].partition("=")[0]
+        alias = f" (alias of -{name})" if written in ALIASES else ""
         if name in RESERVED_COMPILE_FLAGS:
-            raise ValueError(f"model {model!r}: extra_flags may not set -{name}: the compile command sets it "
-                             "itself; remove it from extra_flags")
-        if name in CALIBRATE_ONLY_FLAGS:
+            raise ValueError(f"model {model!r}: extra_flags may not set -{written}{alias}: the compile command "
+                             "sets it itself; remove it from extra_flags")
+        if FLAGS[name].mode == "calibrate":
             raise ValueError(f"model {model!r}: extra_flags: -{name} is a calibration flag, not valid when "
                              "compiling; remove it from extra_flags")
-        _check_plain_value(model, name, parsed.values[name])
-
-
-# Values that may hold any character: file paths and ONNX node/tensor names (argv keeps each one item).
-# Every other value is a number, a name from a fixed set or a list of them: shell syntax there is a
-# mistake or an attack, refused.
-_FREE_TEXT_KINDS = ("path",)
-_FREE_TEXT_FLAGS = ("output-node-name",)
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:+/-]*")
-
-
-def _check_plain_value(model: str, name: str, value: str | None) -> None:
-    from qaic_assets.qaic.flags import FLAGS
-
-    kind = getattr(FLAGS.get(name), "kind", None)
-    if value is None or kind in _FREE_TEXT_KINDS or name in _FREE_TEXT_FLAGS or _PLAIN_VALUE.fullmatch(value):
-        return
-    bad = sorted({c for c in value if not _PLAIN_VALUE.fullmatch(c)})
-    raise ValueError(f"model {model!r}: extra_flags: -{name}={value} holds {' '.join(map(repr, bad))}, "
-                     f"which the value of -{name} cannot contain: write only the value (letters, digits, "
-                     "'.', ',', ':', '+', '/', '-', '_')")
+    try:
+        check_output_paths(flags)
+    except FlagError as exc:
+        raise ValueError(f"model {model!r}: extra_flags: {exc}") from None
 
 
 def target_key(scenario: str, nsp: int) -> str:

@@ -104,7 +104,7 @@ def test_sdk_version_from_apps_xml(tmp_path):
 @pytest.mark.parametrize("xml,needle", [
     (None, "is missing"),
     ("<apps_build><ci_build>", "not valid XML"),
-    ("<apps_build><ci_build><base_version>1.18</base_version></ci_build></apps_build>", "build_id"),
+    ("<apps_build><ci_build><build_id>3</build_id></ci_build></apps_build>", "base_version"),  # build_id: optional
 ])
 def test_sdk_version_errors_name_the_file(tmp_path, xml, needle):
     root = make_sdk(tmp_path / "sdk", xml)

@@ -6,6 +6,7 @@ qaic/commands.py placed in the storage layout of build/store.py. The asset ops r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from qaic_assets.build.store import calibration_dir, compile_dir, model_inputs
 from qaic_assets.qaic.commands import (
@@ -16,6 +17,7 @@ from qaic_assets.qaic.commands import (
     compile_argv,
     placeholders,
 )
+from qaic_assets.qaic.flags import file_flags
 from qaic_assets.qaic.sdk import Backend
 from qaic_assets.settings import Settings, batch_key, target_key
 
@@ -76,8 +78,9 @@ def compile_command(
 
 def plan_target(
     config: Settings, backend: Backend, model: str, scenario: str, nsp: int, batch: int,
-    *, quantize: bool | None = None, percentile: float | None = None,
+    *, quantize: bool | None = None, percentile: float | None = None, calibrate_backend: Backend | None = None,
 ) -> TargetPlan:
+    """`calibrate_backend`: the calibrating compiler when it differs (`calibration_compiler`)."""
     quantize = config.model(model).quantize if quantize is None else quantize
     inputs = model_inputs(config, model)
     return TargetPlan(
@@ -89,6 +92,7 @@ def plan_target(
         backend=backend.name,
         compile=compile_command(config, backend, model, batch, scenario, nsp,
                                 quantize=quantize, percentile=percentile),
-        calibrate=calibrate_command(config, backend, model, batch) if quantize else None,
-        missing=inputs.missing(),
+        calibrate=calibrate_command(config, calibrate_backend or backend, model, batch) if quantize else None,
+        missing=inputs.missing() + [f"-{name} file {value}" for name, value
+                                    in file_flags(config.model(model).extra_flags) if not Path(value).exists()],
     )

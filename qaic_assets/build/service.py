@@ -37,10 +37,11 @@ from qaic_assets.build.sources import SourceError, SourceModel, ensure_source
 from qaic_assets.build.store import calibration_dir, model_inputs
 from qaic_assets.hashing import sha256_file
 from qaic_assets.qaic.commands import BATCHED_LIST_FILE, PROFILE_FILE, Command
+from qaic_assets.qaic.flags import file_flags
 from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_sha256
 from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
-from qaic_assets.qaic.sdk import Backend, SdkError, select_backend
+from qaic_assets.qaic.sdk import Backend, SdkError, settings_backend
 from qaic_assets.settings import Settings, batch_key, target_key
 
 _LOG = logging.getLogger("qaic_assets.build")
@@ -126,10 +127,11 @@ def source(config: Settings, model: str) -> SourceModel:
             raise BuildError(str(exc)) from exc
 
 
-def backend(config: Settings) -> Backend:
-    """The compiler to run; a missing or broken SDK is a BuildError naming the file and the fix."""
+def backend(config: Settings, *, calibrate: bool = False) -> Backend:
+    """The compiler to run (`calibrate`: the one that calibrates); a missing or broken SDK is a BuildError
+    naming the file and the fix."""
     try:
-        return select_backend(config.backend, config.sdk_root)
+        return settings_backend(config, calibrate=calibrate)
     except SdkError as exc:
         raise BuildError(str(exc)) from exc
 
@@ -174,19 +176,28 @@ def require(path: Path, what: str, fix: str) -> None:
         raise BuildError(f"{what} {path} does not exist: {fix}")
 
 
-def _require_node_precision(config: Settings, model: str, command: Command) -> None:
-    """A command that names a node-precision file needs it (checked before anything is written)."""
-    path = model_inputs(config, model).node_precision
-    if path is not None and any(a.startswith("-node-precision-info=") for a in command.argv):
-        require(path, "node-precision file", f"fix models.{model}.node_precision in {config.source_file}")
+#: files the cache key already covers by their own entries (model, profile, calibration selection)
+_KEYED_ELSEWHERE = ("model", "load-profile", "input-list-file")
 
 
-def _node_precision_input(config: Settings, model: str, command: Command) -> dict | None:
-    """The node-precision file the command names, as a cache-key input (editing it rebuilds)."""
-    path = model_inputs(config, model).node_precision
-    if path is None or f"-node-precision-info={path}" not in command.argv:
-        return None
-    return {"path": str(path), "sha256": sha256_file(path)}
+def flag_files(config: Settings, model: str, command: Command) -> dict:
+    """Every other file a flag of the command names (-node-precision-info, -custom-IO-list-file,
+    -mdp-load-partition-config, -external-quantization-file, ...): it must exist (checked before anything
+    is written) and its sha256 is an input of the cache key, so editing it rebuilds."""
+    node_precision = model_inputs(config, model).node_precision
+    files = {}
+    for name, value in file_flags(command.argv[1:]):
+        if name in _KEYED_ELSEWHERE:
+            continue
+        path = Path(value)
+        if name == "node-precision-info" and node_precision is not None and path == node_precision:
+            what, fix = "node-precision file", f"fix models.{model}.node_precision in {config.source_file}"
+        else:
+            what = f"-{name} file"
+            fix = f"fix -{name} in models.{model}.extra_flags of {config.source_file} (relative to that file)"
+        require(path, what, fix)
+        files[f"-{name}"] = {"path": str(path), "sha256": sha256_file(path)}
+    return files
 
 
 def sample_sizes(description: dict, argv: list[str]) -> list[int]:
@@ -244,7 +255,7 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
             manifest = {
                 "kind": who.kind, "model": who.model, "partition": who.partition, "cache_key": key,
                 "argv": command.argv, "cwd": str(command.cwd), "backend": compiler.name,
-                "sdk_version": compiler.version, "inputs": inputs,
+                "sdk_version": compiler.version, "toolchain": compiler.describe(), "inputs": inputs,
                 "output": {"path": str(command.cwd / command.output), "sha256": sha256_file(output),
                            "size_bytes": output.stat().st_size},
                 "run_id": who.run_id, "duration_s": round(result.duration_s, 3),
@@ -260,12 +271,12 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
               force: bool = False, log: logging.Logger = _LOG) -> Built:
     """Calibrate one batch partition: batch the calibration set, run -dump-profile, keep the profile."""
     cfg = config.model(model)
-    compiler = backend(config)
+    compiler = backend(config, calibrate=True)
     command = calibrate_command(config, compiler, model, batch)
     list_file = model_inputs(config, model).calibration_list
     src = source(config, model)
     require(list_file, "calibration list", f"fix models.{model}.calibration.list")
-    _require_node_precision(config, model, command)
+    files = flag_files(config, model, command)
     subset = {"input_sizes": sample_sizes(src.description, command.argv),
               "first": cfg.calibration.first if cfg.calibration else None,
               "filter_size": cfg.calibration.filter_size if cfg.calibration else None}
@@ -278,9 +289,8 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
     with_harness = config.recipe_of(model) == harness.RECIPE
     if with_harness:  # the names are an input of the harness parameters written beside the profile
         inputs["harness_names"] = cfg.harness.model_dump(mode="json")
-    node_precision = _node_precision_input(config, model, command)
-    if node_precision:
-        inputs["node_precision"] = node_precision
+    if files:
+        inputs["files"] = files
     extra: dict = {}
 
     def prepare(tmp: Path) -> dict:
@@ -317,11 +327,9 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
         percentile, _ = chosen_percentile(config, model, batch)
     command = compile_command(config, compiler, model, batch, scenario, nsp, percentile=percentile)
     src = source(config, model)
-    _require_node_precision(config, model, command)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
-    node_precision = _node_precision_input(config, model, command)
-    if node_precision:
-        inputs["node_precision"] = node_precision
+    if files := flag_files(config, model, command):
+        inputs["files"] = files
     if percentile is not None:  # the value (in the argv too), not the file: a re-run sweep changes its run id
         inputs["percentile_choice"] = {"path": str(choice_path(config, model, batch)), "value": percentile}
     previous = read_manifest(command.cwd)

@@ -56,7 +56,7 @@ import dagster as dg
 
 from qaic_assets.defs.keys import SDK_KEY
 from qaic_assets.settings import Settings
-from qaic_assets.qaic.sdk import SdkError, cpu_backend, qaic_exec_path, sdk_present, sdk_version
+from qaic_assets.qaic.sdk import NOT_INSTALLED, SdkError, choose_compiler, cpu_backend, platform_version, sdk_version
 
 SENSOR_NAME = "qaic_automation"
 OBSERVE_SCHEDULE_NAME = "observe_qaic_sdk_schedule"
@@ -78,6 +78,7 @@ class CompilerStatus:
     executable: str
     status: str = "found"  # or SDK_NOT_FOUND / SDK_UNUSABLE
     detail: str = ""
+    platform_version: str = NOT_INSTALLED
 
 
 def _last_sdk_observation(instance: dg.DagsterInstance | None):
@@ -88,23 +89,30 @@ def _last_sdk_observation(instance: dg.DagsterInstance | None):
 
 
 def compiler_status(config: Settings, instance: dg.DagsterInstance | None = None) -> CompilerStatus:
-    """The compiler that materializations would use now; for `auto`, the SDK once it was observed."""
+    """The compiler that materializations would use now; for `auto`, the SDK once it was observed.
+    An SDK root that exists is the SDK's, compiler or not (never a silent switch to the CPU)."""
     if config.backend == "cpu":
         cpu = cpu_backend()
         return CompilerStatus("cpu", True, cpu.version, cpu.executable)
-    exe = str(qaic_exec_path(config.sdk_root))
-    if sdk_present(config.sdk_root):
-        try:
-            return CompilerStatus("qaic", True, sdk_version(config.sdk_root), exe)
-        except SdkError as exc:  # qaic-exec exists but the version file is unusable
+    choice = getattr(config, "compiler", "auto")
+    try:
+        exe = str(choose_compiler(config.sdk_root, choice))
+    except SdkError as exc:
+        missing = exc
+    else:
+        try:  # the compiler exists but a version file may be unusable
+            return CompilerStatus("qaic", True, sdk_version(config.sdk_root), exe,
+                                  platform_version=platform_version(config.sdk_root))
+        except SdkError as exc:
             return CompilerStatus("qaic", False, None, exe, SDK_UNUSABLE, str(exc))
-    if config.backend == "auto":
+    if config.backend == "auto" and not config.sdk_root.exists():
         last = _last_sdk_observation(instance)
         seen = last is not None and getattr(last.metadata.get("backend"), "value", None) == "qaic"
         if not seen:
             cpu = cpu_backend()
             return CompilerStatus("cpu", True, cpu.version, cpu.executable)
-    return CompilerStatus("qaic", False, None, exe, SDK_NOT_FOUND, f"{exe} does not exist")
+    exe = str(config.sdk_root / "exec" / ("qaic-exec" if choice == "auto" else choice))
+    return CompilerStatus("qaic", False, None, exe, SDK_NOT_FOUND, str(missing))
 
 
 def observe_compiler(config: Settings, instance: dg.DagsterInstance | None) -> dg.ObserveResult:
@@ -117,8 +125,12 @@ def observe_compiler(config: Settings, instance: dg.DagsterInstance | None) -> d
         "sdk_root": dg.MetadataValue.path(str(config.sdk_root)),
     }
     if status.found:
-        return dg.ObserveResult(data_version=dg.DataVersion(status.version),
-                                metadata={**metadata, "version": dg.MetadataValue.text(status.version)})
+        versions = {"version": dg.MetadataValue.text(status.version)}
+        if status.backend == "qaic":  # the Apps SDK (the compiler: the data version) and the Platform SDK
+            versions |= {"compiler": dg.MetadataValue.text(status.executable.rpartition("/")[2]),
+                         "apps_sdk_version": dg.MetadataValue.text(status.version),
+                         "platform_sdk_version": dg.MetadataValue.text(status.platform_version)}
+        return dg.ObserveResult(data_version=dg.DataVersion(status.version), metadata={**metadata, **versions})
     metadata["detail"] = dg.MetadataValue.text(
         f"{status.detail}; nothing is recompiled until the SDK is back (QAIC_SDK_ROOT={config.sdk_root})")
     # An observation without a data version would count as a *change* of data version (Dagster
@@ -138,7 +150,8 @@ def observe_compiler(config: Settings, instance: dg.DagsterInstance | None) -> d
 
 
 class CompilerAvailable(dg.AutomationCondition):
-    """True while the configured compiler is installed (for the SDK: `<sdk_root>/exec/qaic-exec`)."""
+    """True while the configured compiler is installed (for the SDK: `<sdk_root>/exec/qaic-compile` or
+    `qaic-exec`)."""
 
     def __init__(self, config: Settings):
         self._config = config
@@ -149,7 +162,7 @@ class CompilerAvailable(dg.AutomationCondition):
 
     @property
     def description(self) -> str:
-        return f"The compiler is installed ({qaic_exec_path(self._config.sdk_root)} for the SDK)"
+        return f"The compiler is installed ({self._config.sdk_root}/exec/qaic-compile or qaic-exec for the SDK)"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         found = compiler_status(self._config, context.asset_graph_view.instance).found

@@ -1,6 +1,6 @@
 """`<model>/compiled_binary`, one partition per batch x scenario-nsp: `-aic-binary-dir` output built by
 the build service from the source model and (quantized) its batch's profile; the accuracy check runs
-in the same step on the CPU backend."""
+in the same step on the CPU backend, the SDK tool checks (defs/sdk_checks.py) on the SDK backend."""
 
 import dagster as dg
 
@@ -8,6 +8,7 @@ from qaic_assets.build import service
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
+from qaic_assets.defs.sdk_checks import run_sdk_checks, sdk_check_specs
 from qaic_assets.qaic.sdk import backend_name
 from qaic_assets.settings import Settings
 
@@ -26,6 +27,8 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
     if on_cpu and (cfg.heldout or cfg.source.standin):
         check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
                                          description="int8 vs fp32 on held-out inputs")]
+    sdk_specs = sdk_check_specs(project, model, binary_key(model))  # fits_target, throughput (SDK backend)
+    check_specs += sdk_specs
 
     @dg.asset(
         key=binary_key(model),
@@ -67,13 +70,14 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         previous = built.previous
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)
-        check_results = []
-        if check_specs:
+        sdk_metadata, check_results = run_sdk_checks(project, sdk_specs, built.output, nsp)
+        metadata |= sdk_metadata
+        if on_cpu and (cfg.heldout or cfg.source.standin):
             from qaic_assets.defs.checks import accuracy_check
 
-            check_results = [accuracy_check(project, model, built.command.argv, built.output, batch,
-                                            binary_sha256=manifest["output"]["sha256"],
-                                            source_sha256=built.source.sha256)]
+            check_results += [accuracy_check(project, model, built.command.argv, built.output, batch,
+                                             binary_sha256=manifest["output"]["sha256"],
+                                             source_sha256=built.source.sha256)]
         return dg.MaterializeResult(
             metadata=metadata,
             data_version=dg.DataVersion(manifest["output"]["sha256"]),

@@ -17,7 +17,7 @@ from qaic_assets.build.outputs import atomic_output_dir, clean_stale_temps, outp
 from qaic_assets.build.safe_copy import UnsafeSource, check_tree, copy_checked
 from qaic_assets.hashing import sha256_file
 from qaic_assets.build.manifest import write_manifest
-from qaic_assets.qaic.sdk import select_backend
+from qaic_assets.qaic.sdk import settings_backend
 
 
 class RegisterError(RuntimeError):
@@ -77,7 +77,7 @@ def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:
 def register_binary(config: Settings, instance: dg.DagsterInstance, model: str, batch: int,
                     scenario: str, nsp: int, source: Path) -> dict:
     """Copy a prebuilt `-aic-binary-dir` into the store and record it as a materialization."""
-    backend = select_backend(config.backend, config.sdk_root, require=False)
+    backend = settings_backend(config, require=False)
     source = source.expanduser().resolve()
     if not source.is_dir():
         raise RegisterError(f"{source} is not a directory: pass the directory qaic-exec wrote with "

@@ -55,6 +55,7 @@ def build_metadata(manifest: dict, cached: bool) -> dict:
         "argv": dg.MetadataValue.json(manifest["argv"]),
         "backend": manifest["backend"],
         "sdk_version": manifest["sdk_version"],
+        **toolchain_metadata(manifest.get("toolchain") or {}),
         "path": dg.MetadataValue.path(output["path"]),
         "sha256": output["sha256"],
         "size_bytes": output["size_bytes"],
@@ -65,3 +66,10 @@ def build_metadata(manifest: dict, cached: bool) -> dict:
         "cached": cached,
         "built_by_run": manifest["run_id"],
     }
+
+
+def toolchain_metadata(toolchain: dict) -> dict:
+    """The compiler and the SDK versions a build used (qaic/sdk.py Backend.describe())."""
+    keys = {"compiler": "compiler", "executable": "compiler_executable", "apps_version": "apps_sdk_version",
+            "platform_version": "platform_sdk_version"}
+    return {label: dg.MetadataValue.text(str(toolchain[key])) for key, label in keys.items() if key in toolchain}

@@ -15,8 +15,9 @@ def sdk_asset(config: Settings, automation_condition=None) -> dg.SourceAsset:
         key=SDK_KEY,
         op_tags=compile_op_tags(),  # read the SDK version where compiles run
         group_name="toolchain",
-        description="The compiler in use: the Cloud AI 100 Apps SDK's qaic-exec, or the CPU reference "
-        "compiler when no SDK is installed. Its data version is the compiler version.",
+        description="The compiler in use: the Cloud AI 100 Apps SDK's qaic-compile or qaic-exec (metadata: "
+        "Apps and Platform SDK versions), or the CPU reference compiler when there is no SDK root. Its data "
+        "version is the compiler (Apps SDK) version.",
         automation_condition=automation_condition,
     )
     def qaic_sdk(context) -> dg.ObserveResult:

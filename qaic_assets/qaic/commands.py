@@ -41,6 +41,15 @@ def placeholders(batch: int, profiling_threads: int | None, node_precision: Path
     }
 
 
+def number_text(value: float | int | str) -> str:
+    """A number as the user wrote it: the shortest text that reads back as the same float (99.99999
+    stays 99.99999, never rounded to 100 as ``:g`` would); whole numbers without ``.0``."""
+    if isinstance(value, str):
+        return value
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def calibrate_argv(backend: Backend, recipe: str, batch: int, model_file: Path, values: dict) -> list[str]:
     """qaic-exec -input-list-file=L -batchsize=B <calibration params> -dump-profile=P -model=M"""
     return [
@@ -72,8 +81,7 @@ def compile_argv(backend: Backend, recipe: str, scenario: str, nsp: int, batch: 
         f"-batchsize={batch}",
     ]
     if profile is not None and percentile is not None:
-        value = percentile if isinstance(percentile, str) else f"{percentile:g}"  # str: a placeholder
-        argv += expand(recipes.percentile_params(), percentile=value)
+        argv += expand(recipes.percentile_params(), percentile=number_text(percentile))
     return argv
 
 

@@ -1,94 +1,41 @@
-"""qaic-exec's flag grammar and the table of flags the project uses (docs/FORMATS.md, the seed's variations).
+"""The SDK compiler's flag grammar (qaic-exec and qaic-compile alike), over the table in flag_table.py.
 
-Grammar: every argument is ``-name`` or ``-name=value``. ``-onnx-define-symbol=name,value`` may repeat
-and accumulates (a later value for the same symbol wins); for every other flag the last occurrence wins.
-An unknown flag is an error naming it.
+Every argument is ``-name`` or ``-name=value`` (one argv item, never split); an alias (``-m``) means its
+flag (``-model``). Repeatable flags (``-onnx-define-symbol=name,value``, ``-aic-profiling-type``,
+``-keep-original-precision-for-nodes``) accumulate (a later value for the same symbol wins); for every
+other flag the last occurrence wins. A misspelled flag or a value outside the documented set is an
+error naming the flag and the fix. Values are never rewritten: the compiler gets them as written.
 
-``FLAGS`` is data: for each flag, what its value looks like and, for the CPU reference compiler
-(``qaic-exec-cpu``), what it does on ONNX Runtime ("applied") or that it only steers the AI 100 hardware
-("not applicable on CPU").
-
-    parsed = parse_argv(["-model=m.onnx", "-batchsize=8", "-onnx-define-symbol=seq,384"])
-    parsed.get("batchsize")  -> "8";   parsed.symbols -> {"seq": 384}
+    parsed = parse_argv(["-m=m.onnx", "-batchsize=8", "-onnx-define-symbol=seq,384"])
+    parsed.get("model") -> "m.onnx";   parsed.symbols -> {"seq": 384}
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-APPLIED = "applied"
-NOT_APPLICABLE = "not applicable on CPU"
+from qaic_assets.qaic.flag_table import (  # noqa: F401 - re-exported: the table is part of the contract
+    ALIASES,
+    APPLIED,
+    CALIBRATIONS,
+    FLAGS,
+    NOT_APPLICABLE,
+    SCHEMAS,
+    Flag,
+)
 
-# value kinds: "none" (bare switch), "bool" (bare or =true/false/1/0), "int", "float", "str",
-# "path", "list" (comma-separated), "symbol" (name,int; repeats)
-
-
-@dataclass(frozen=True)
-class Flag:
-    name: str
-    kind: str
-    cpu: str  # APPLIED or NOT_APPLICABLE
-    meaning: str  # what the CPU backend does with it (or what it means on the card)
-    choices: tuple[str, ...] = ()
-
-
-def _f(name, kind, cpu, meaning, choices=()):
-    return Flag(name, kind, cpu, meaning, tuple(choices))
-
-
-SCHEMAS = ("symmetric", "asymmetric", "symmetric_with_uint8")
-CALIBRATIONS = ("None", "Percentile")
-
-FLAGS: dict[str, Flag] = {f.name: f for f in [
-    # --- shared by calibrate and compile ---
-    _f("model", "path", APPLIED, "source ONNX model"),
-    _f("batchsize", "int", APPLIED, "first dim of every graph input (and a batch_size symbol)"),
-    _f("onnx-define-symbol", "symbol", APPLIED, "fixes a symbolic dim to a value"),
-    _f("output-node-name", "str", APPLIED, "graph pruned to that node's outputs (node or tensor name)"),
-    _f("enable-channelwise", "bool", APPLIED, "compile: per-channel weight scales (ORT per_channel); "
-       "calibrate: accepted, profiles are per tensor"),
-    _f("node-precision-info", "path", APPLIED, "YAML FP16/FP32NodeInstanceNames: producers of those tensors "
-       "stay float (ORT nodes_to_exclude)"),
-    _f("vvv", "none", APPLIED, "verbose progress lines"),
-    # --- calibrate ---
-    _f("input-list-file", "path", APPLIED, "calibration inputs (list file of raw files)"),
-    _f("dump-profile", "path", APPLIED, "calibrate mode: write the Glow-style profile YAML here"),
-    _f("profiling-threads", "int", APPLIED, "ONNX Runtime intra-op threads while profiling"),
-    _f("num-histogram-bins", "int", APPLIED, "histogram bins per tensor in the profile (default 512)"),
-    # --- compile ---
-    _f("load-profile", "path", APPLIED, "activation ranges for int8 quantization (no re-calibration)"),
-    _f("aic-binary-dir", "path", APPLIED, "output dir: programqpc.onnx + qaic-exec-cpu.json"),
-    _f("quantization-schema", "str", APPLIED, "activations and constants schema", SCHEMAS),
-    _f("quantization-schema-activations", "str", APPLIED, "activation schema (overrides -quantization-schema)",
-       SCHEMAS),
-    _f("quantization-schema-constants", "str", APPLIED, "weight schema (overrides -quantization-schema)", SCHEMAS),
-    _f("quantization-precision", "str", APPLIED, "Int8 (8-bit Q/DQ) or Int16 (16-bit Q/DQ)", ("Int8", "Int16")),
-    _f("quantization-precision-bias", "str", APPLIED, "Int32: bias quantized to int32 (ORT QuantizeBias); "
-       "Int8 is not available in ORT QDQ and is recorded as not applied", ("Int8", "Int32")),
-    _f("quantization-calibration", "str", APPLIED, "None: profile Min/Max; Percentile: range from the "
-       "profile histogram", CALIBRATIONS),
-    _f("percentile-calibration-value", "float", APPLIED, "percentile for -quantization-calibration=Percentile"),
-    _f("execute-nodes-in-fp16", "list", APPLIED, "those op types are not quantized (they run in float)"),
-    _f("convert-to-fp16", "bool", APPLIED, "without -load-profile: fp16 model (onnxruntime.transformers.float16)"),
-    _f("compile-only", "none", NOT_APPLICABLE, "compile without running on a card"),
-    _f("aic-hw", "none", NOT_APPLICABLE, "target real AI 100 hardware"),
-    _f("aic-hw-version", "str", NOT_APPLICABLE, "AI 100 hardware version"),
-    _f("aic-num-cores", "int", NOT_APPLICABLE, "NSP cores per instance"),
-    _f("aic-num-of-instances", "int", NOT_APPLICABLE, "number of program instances"),
-    _f("aic-enable-depth-first", "bool", NOT_APPLICABLE, "depth-first scheduling on the NSPs"),
-    _f("mos", "list", NOT_APPLICABLE, "maximum output channel split"),
-    _f("ols", "list", NOT_APPLICABLE, "overlap split factor"),
-    _f("multicast-weights", "bool", NOT_APPLICABLE, "multicast weights across cores"),
-    _f("combine-inputs", "bool", NOT_APPLICABLE, "combine input buffers"),
-    _f("combine-outputs", "bool", NOT_APPLICABLE, "combine output buffers"),
-    _f("use-producer-dma", "bool", NOT_APPLICABLE, "producer DMA"),
-    _f("allocator-dealloc-delay", "int", NOT_APPLICABLE, "on-chip allocator deallocation delay"),
-    _f("size-split-granularity", "int", NOT_APPLICABLE, "tensor split granularity"),
-    _f("vtcm-working-set-limit-ratio", "float", NOT_APPLICABLE, "VTCM working set limit"),
-    _f("sdp-cluster-sizes", "list", NOT_APPLICABLE, "SDP cluster sizes"),
-]}
+LLVM_TRUE = ("true", "TRUE", "True", "1")
+LLVM_FALSE = ("false", "FALSE", "False", "0")
+_TOKEN = re.compile(r"[A-Za-z0-9_.,:/+@%\[\]-]+")  # no blanks, quotes or shell metacharacters
+_SYMBOL = re.compile(r"([A-Za-z_][A-Za-z0-9_.:/-]*),([0-9]+)")
+_INTS = re.compile(r"[0-9]+(,[0-9]+)*")
+FILE_KINDS = ("infile", "outfile", "outdir")
 
 
 class FlagError(ValueError):
@@ -97,10 +44,12 @@ class FlagError(ValueError):
 
 @dataclass
 class ParsedFlags:
-    """Flags in first-appearance order; the value of a repeated flag is its last occurrence."""
+    """Flags by canonical name in first-appearance order; a repeated flag's value is its last occurrence
+    (``repeats`` keeps every value of a repeatable flag, ``symbols`` the -onnx-define-symbol pairs)."""
 
-    values: dict[str, str | None] = field(default_factory=dict)  # name -> raw value (None for bare flags)
-    symbols: dict[str, int] = field(default_factory=dict)  # -onnx-define-symbol, in order
+    values: dict[str, str | None] = field(default_factory=dict)
+    symbols: dict[str, int] = field(default_factory=dict)
+    repeats: dict[str, list[str]] = field(default_factory=dict)
 
     def __contains__(self, name: str) -> bool:
         return name in self.values
@@ -119,83 +68,170 @@ class ParsedFlags:
         if name not in self.values:
             return default
         v = self.values[name]
-        return True if v is None else v.strip().lower() in ("1", "true", "yes", "on")
+        return v is None or v in LLVM_TRUE
 
     def get_list(self, name: str) -> list[str]:
+        if name in self.repeats:
+            return [x.strip() for v in self.repeats[name] for x in v.split(",") if x.strip()]
         v = self.values.get(name)
         return [x.strip() for x in v.split(",") if x.strip()] if v else []
 
-    def argv(self) -> list[str]:
-        """Normalized argv (each flag once, symbols expanded)."""
-        out = []
-        for name, v in self.values.items():
-            if name == "onnx-define-symbol":
-                out += [f"-onnx-define-symbol={k},{n}" for k, n in self.symbols.items()]
-            else:
-                out.append(f"-{name}" if v is None else f"-{name}={v}")
-        return out
+    @property
+    def calibrating(self) -> bool:
+        return "dump-profile" in self.values
 
     def split_by_cpu_status(self) -> tuple[list[str], list[str]]:
-        """(applied flag names, not-applicable-on-CPU flag names) among those given."""
-        applied = [n for n in self.values if FLAGS[n].cpu == APPLIED]
-        na = [n for n in self.values if FLAGS[n].cpu == NOT_APPLICABLE]
+        """(applied flag names, not-applicable-on-CPU flag names) among those given; a flag whose value
+        only the card implements (``-quantization-calibration=MSE``) is not applicable."""
+        applied, na = [], []
+        for name, value in self.values.items():
+            (applied if FLAGS[name].cpu_status(value) == APPLIED else na).append(name)
         return applied, na
 
 
+def canonical(name: str) -> str:
+    """The flag's name with aliases resolved (``m`` -> ``model``); unknown names unchanged."""
+    return ALIASES.get(name, name)
+
+
+def split_arg(arg: str) -> tuple[str, str | None]:
+    """``-name=value`` -> (canonical name, value); ``-name`` -> (name, None). No validation."""
+    name, sep, value = arg[1:].partition("=")
+    return canonical(name), (value if sep else None)
+
+
+def _unknown(name: str) -> FlagError:
+    known = list(FLAGS) + list(ALIASES)
+    close = difflib.get_close_matches(name, known, n=1)
+    if not close:  # LLVM names are case-sensitive: -custom-io-list-file is not -custom-IO-list-file
+        by_lower = {k.lower(): k for k in known}
+        close = [by_lower[name.lower()]] if name.lower() in by_lower else []
+    hint = f" (did you mean -{close[0]}?)" if close else " (docs/FORMATS.md lists the compiler's flags)"
+    return FlagError(f"unknown flag -{name}: remove it or fix its spelling{hint}")
+
+
 def parse_argv(argv: Sequence[str]) -> ParsedFlags:
-    """Parse qaic-exec arguments; raises FlagError naming the first bad one."""
+    """Parse compiler arguments; raises FlagError naming the first bad one."""
     parsed = ParsedFlags()
     for arg in argv:
-        if not arg.startswith("-") or arg.startswith("--") or len(arg) < 2:
-            raise FlagError(f"unexpected argument {arg!r}: qaic-exec takes only -name or -name=value flags")
-        name, sep, value = arg[1:].partition("=")
+        if not isinstance(arg, str) or not arg.startswith("-") or arg.startswith("--") or len(arg) < 2:
+            raise FlagError(f"unexpected argument {arg!r}: the compiler takes only -name or -name=value flags "
+                            "(one list item each)")
+        raw_name = arg[1:].partition("=")[0]
+        name, val = split_arg(arg)
         flag = FLAGS.get(name)
         if flag is None:
-            close = difflib.get_close_matches(name, FLAGS, n=1)
-            hint = f" (did you mean -{close[0]}?)" if close else " (the known flags are qaic_flags.FLAGS)"
-            raise FlagError(f"unknown flag -{name}: remove it or fix its spelling{hint}")
-        val: str | None = value if sep else None
-        _check_value(flag, val)
+            raise _unknown(raw_name)
+        check_value(flag, val)
         if flag.kind == "symbol":
             sym, _, num = val.partition(",")
-            parsed.symbols.pop(sym.strip(), None)  # keep order of the latest definition
-            parsed.symbols[sym.strip()] = int(num)
+            parsed.symbols.pop(sym, None)  # keep order of the latest definition
+            parsed.symbols[sym] = int(num)
+        if flag.repeat:
+            parsed.repeats.setdefault(name, []).append(val)
         parsed.values.pop(name, None)  # last occurrence wins (and moves to the end)
         parsed.values[name] = val
     return parsed
 
 
-def _check_value(flag: Flag, val: str | None) -> None:
+def check_value(flag: Flag, val: str | None) -> None:
+    """Raise FlagError when ``val`` is not a documented value of ``flag`` (None: given bare)."""
+
     def bad(what: str) -> FlagError:
         return FlagError(f"flag -{flag.name}: {what}")
 
-    if flag.kind == "none":
+    if flag.kind == "switch":
         if val is not None:
             raise bad(f"takes no value, got {val!r}: write -{flag.name}")
         return
     if flag.kind == "bool":
-        if val is not None and val.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise bad(f"expects true/false or 1/0, got {val!r}")
+        if val is not None and val not in LLVM_TRUE + LLVM_FALSE:
+            raise bad(f"is a switch: write -{flag.name} or -{flag.name}=true|false|1|0, got {val!r}")
         return
     if val is None or val == "":
         raise bad(f"needs a value: write -{flag.name}=<value>")
+    if "\x00" in val or ("\n" in val and flag.kind not in FILE_KINDS):  # a file name may hold a newline
+        raise bad("the value holds a NUL or newline")
     if flag.kind == "int":
-        try:
-            int(val)
-        except ValueError:
-            raise bad(f"expects an integer, got {val!r}") from None
+        if not re.fullmatch(r"-?[0-9]+", val):
+            raise bad(f"expects an integer, got {val!r}")
+        _check_range(flag, int(val), bad)
     elif flag.kind == "float":
         try:
-            float(val)
+            number = float(val)
         except ValueError:
             raise bad(f"expects a number, got {val!r}") from None
+        if not math.isfinite(number):
+            raise bad(f"expects a finite number, got {val!r}")
+        _check_range(flag, number, bad)
     elif flag.kind == "symbol":
-        sym, sep, num = val.partition(",")
-        try:
-            ok = bool(sep) and bool(sym.strip()) and int(num) > 0
-        except ValueError:
-            ok = False
-        if not ok:
+        m = _SYMBOL.fullmatch(val)
+        if not m or int(m.group(2)) < 1:
             raise bad(f"expects name,value with a positive integer value, got {val!r}")
-    if flag.choices and val not in flag.choices:
-        raise bad(f"expects one of {', '.join(flag.choices)}, got {val!r}")
+    elif flag.kind == "ints":
+        if not _INTS.fullmatch(val):
+            raise bad(f"expects integers separated by commas, got {val!r}")
+    elif flag.kind in ("str", "names"):
+        if not _TOKEN.fullmatch(val) or (flag.kind == "names" and "" in val.split(",")):
+            raise bad(f"expects {'comma-separated names' if flag.kind == 'names' else 'one token'} without "
+                      f"blanks, quotes or shell metacharacters, got {val!r}")
+        if flag.pattern and not re.fullmatch(flag.pattern, val):
+            raise bad(f"expects a value matching {flag.pattern} ({flag.meaning}), got {val!r}")
+    elif flag.kind == "choice" and val not in flag.choices:
+        close = [c for c in flag.choices if c.lower() == val.lower()]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise bad(f"expects one of {', '.join(flag.choices)}, got {val!r}{hint}")
+
+
+def _check_range(flag: Flag, number: float, bad) -> None:
+    if flag.low is not None and number < flag.low or flag.high is not None and number > flag.high:
+        lo = "" if flag.low is None else f"{flag.low:g}"
+        hi = "" if flag.high is None else f"{flag.high:g}"
+        span = f"between {lo} and {hi}" if lo and hi else (f"at least {lo}" if lo else f"at most {hi}")
+        raise bad(f"must be {span}, got {number:g}")
+
+
+def check_mode(parsed: ParsedFlags, calibrate: bool) -> None:
+    """A flag of the other mode (``-dump-profile`` in a compile, ``-aic-hw`` in a calibration) is an error."""
+    wrong = "compile" if calibrate else "calibrate"
+    for name in parsed.values:
+        if FLAGS[name].mode == wrong:
+            raise FlagError(f"flag -{name} is not valid when {'calibrating' if calibrate else 'compiling'}: "
+                            f"remove it")
+    if "convert-to-quantize" in parsed and ({"load-profile", "dump-profile"} & set(parsed.values)):
+        raise FlagError("flag -convert-to-quantize cannot be combined with -load-profile or -dump-profile: "
+                        "remove it, or set `quantize: false` for this model")
+
+
+def file_flags(argv: Sequence[str], kinds: tuple[str, ...] = ("infile",)) -> list[tuple[str, str]]:
+    """(canonical flag, value) of every argument naming a file of these kinds, in argv order."""
+    out = []
+    for arg in argv:
+        if isinstance(arg, str) and arg.startswith("-") and not arg.startswith("--"):
+            name, val = split_arg(arg)
+            flag = FLAGS.get(name)
+            if flag is not None and flag.kind in kinds and val:
+                out.append((name, val))
+    return out
+
+
+def resolve_file_flags(argv: Sequence[str], base_dir: Path) -> list[str]:
+    """Input-file values made absolute against ``base_dir`` (the config file's folder), so they name the
+    same file from the build directory the compiler runs in. Other items are returned unchanged."""
+    out = []
+    for arg in argv:
+        if isinstance(arg, str) and arg.startswith("-") and not arg.startswith("--"):
+            name, val = split_arg(arg)
+            flag = FLAGS.get(name)
+            if flag is not None and val and flag.kind == "infile" and not os.path.isabs(val):
+                arg = f"{arg.partition('=')[0]}={os.path.normpath(Path(base_dir) / Path(val).expanduser())}"
+        out.append(arg)
+    return out
+
+
+def check_output_paths(argv: Sequence[str]) -> None:
+    """Files a flag makes the compiler write must stay inside the build directory (relative, no '..')."""
+    for name, val in file_flags(argv, ("outfile", "outdir")):
+        if os.path.isabs(val) or ".." in Path(val).parts:
+            raise FlagError(f"flag -{name}={val}: an output must stay inside the build directory; give a "
+                            "relative path without '..'")

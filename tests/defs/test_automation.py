@@ -342,6 +342,10 @@ def test_auto_backend_keeps_the_sdk_once_seen(tiny_project, tmp_path):
     gone = project.observe_sdk()
     assert gone.metadata["status"].value == SDK_NOT_FOUND and gone.metadata["backend"].value == "qaic"
     assert gone.tags["dagster/data_version"] == "1.18.2.0.5"
-    # a machine that never had the SDK observes the CPU reference compiler
+    # an SDK root without a compiler is the SDK's, even on a fresh instance (never a silent CPU switch)
+    fresh = automation.compiler_status(project.config, dg.DagsterInstance.ephemeral())
+    assert fresh.backend == "qaic" and not fresh.found and "holds neither qaic-compile nor qaic-exec" in fresh.detail
+    # a machine that never had the SDK (no SDK root) observes the CPU reference compiler
+    project.sdk.rename(tmp_path / "sdk-gone")
     fresh = automation.compiler_status(project.config, dg.DagsterInstance.ephemeral())
     assert fresh.backend == "cpu" and fresh.found and fresh.version.startswith("onnxruntime-")

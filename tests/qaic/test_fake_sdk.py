@@ -54,15 +54,30 @@ def compile_args(model: Path, outdir: Path, *extra: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ layout
 
 
-def test_layout_and_apps_xml(sdk):
+def test_layout_and_versions_xml_as_the_real_sdk_writes_them(sdk):
     exe = sdk / "exec" / "qaic-exec"
     assert exe.is_file() and os.access(exe, os.X_OK)
+    assert not (sdk / "exec" / "qaic-compile").exists() and not (sdk / "versions" / "platform.xml").exists()
     xml = (sdk / "versions" / "apps.xml").read_text()
-    assert "<base_name>AIC_APPS</base_name>" in xml
+    assert xml.startswith("<versions>") and "<base_name>AIC</base_name>" in xml
     assert "<base_version>1.18.2</base_version>" in xml and "<build_id>0.5</build_id>" in xml
     set_fake_sdk_version(sdk, "1.19.0", "7")
     xml = (sdk / "versions" / "apps.xml").read_text()
     assert "<base_version>1.19.0</base_version>" in xml and "<build_id>7</build_id>" in xml
+    set_fake_sdk_version(sdk, "1.20.0", None)  # build_id is optional
+    assert "build_id" not in (sdk / "versions" / "apps.xml").read_text()
+
+
+@pytest.mark.parametrize("compiler,names", [("qaic-exec", ["qaic-exec"]), ("qaic-compile", ["qaic-compile"]),
+                                            ("both", ["qaic-compile", "qaic-exec"])])
+def test_each_generation_has_its_compiler_and_the_platform_tools(tmp_path, compiler, names):
+    root = make_fake_sdk(tmp_path / "sdk", compiler=compiler, platform=("1.21.0", "12"), tools=True)
+    assert sorted(p.name for p in (root / "exec").iterdir()) == sorted(names + ["qaic-runner"])
+    assert sorted(p.name for p in (root / "tools").iterdir()) == ["qaic-qpc", "qaic-util"]
+    assert "<base_version>1.21.0</base_version>" in (root / "versions" / "platform.xml").read_text()
+    for name in names:  # the same strict compiler under either name
+        r = subprocess.run([str(root / "exec" / name), "-bogus"], capture_output=True, text=True)
+        assert r.returncode == 1 and "unknown flag -bogus" in r.stderr
 
 
 # ------------------------------------------------------------------------------------------ strictness

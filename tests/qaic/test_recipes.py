@@ -149,6 +149,7 @@ def test_compile_and_calibrate_flags_match_the_seed(config, model, scenario, nsp
         calib |= {"-onnx-define-symbol:batch_size": "1", "-onnx-define-symbol:seg_length": "384",
                   "-num-histogram-bins": "512"}
     assert effective(plan.calibrate.argv) == calib
+    assert [a.partition("=")[0] for a in plan.calibrate.argv].count("-input-list-file") == 1  # bert-99: once
     assert plan.calibrate.cwd == config.storage_root / model / "calibration" / f"bs{batch}"
 
 

@@ -169,7 +169,7 @@ def test_editing_the_node_precision_file_rebuilds_instead_of_serving_the_stale_b
         meta = result.asset_materializations_for_node(f"tinyret__{key.path[-1]}")[0].metadata
         assert meta["cached"].value is False, f"{key.to_user_string()} served a stale cached build"
     manifest = json.loads((final / "manifest.json").read_text())
-    assert manifest["inputs"]["node_precision"] == {"path": str(node_precision),
+    assert manifest["inputs"]["files"]["-node-precision-info"] == {"path": str(node_precision),
                                                     "sha256": sha256_file(node_precision)}
     assert (final / "elfs" / "programqpc.bin").read_bytes() != binary_before
     assert len(read_calls(project.sdk)) == 4

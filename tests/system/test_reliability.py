@@ -324,7 +324,7 @@ models:
     (BASE + "    extra_flags: ['rm -rf /']\n", ["model 'm'", "'rm -rf /'", "-name or -name=value"]),
     (BASE + "    extra_flags: [-aic-binary-dir=/etc/qaic]\n", ["model 'm'", "may not set -aic-binary-dir"]),
     (BASE + "    extra_flags: [-model=/tmp/other.onnx]\n", ["model 'm'", "may not set -model"]),
-    (BASE + "    extra_flags: [-profiling-threads=4]\n", ["model 'm'", "calibration flag"]),
+    (BASE + "    extra_flags: [-num-histogram-bins=512]\n", ["model 'm'", "calibration flag"]),
     (BASE + "    extra_flags: -vvv -aic-num-cores=4\n", ["models.m.extra_flags", "valid list"]),
     (BASE.replace("storage_root: store", "storage_root: [store]"), ["storage_root", "path"]),
     (BASE + "compile_timeout_s: soon\n", ["compile_timeout_s", "number"]),
@@ -820,7 +820,9 @@ def test_flag_values_and_paths_reach_the_compiler_as_single_arguments(project, m
 
     store = project.root / "store $(touch PWNED0); x\n`touch PWNED5`"
     monkeypatch.setenv("QAIC_ASSETS_STORAGE_ROOT", str(store))
-    flag = f"-output-node-name={EVIL}"
+    evil_file = project.root / EVIL  # shell syntax is allowed where the grammar allows it: in a file name
+    evil_file.write_text("external quantization profile\n")
+    flag = f"-external-quantization-file={evil_file}"
     project.reconfigure("    calibration: {list: cal/cal.txt}\n", "    calibration: {list: cal/cal.txt}\n"
                         f"    extra_flags: [-aic-num-cores=2, {json.dumps(flag)}]\n")
     for key, part in ((profile_key("tiny"), "bs2"), (binary_key("tiny"), PARTITION)):

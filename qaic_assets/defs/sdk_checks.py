@@ -1,0 +1,110 @@
+"""Asset checks that ask the SDK's own tools about a compiled binary, run in the compile step:
+
+- ``fits_target``: ``tools/qaic-qpc validate -i <dir>/programqpc.bin``; passes when the NSPs one
+  activation needs ("Number of NSP required") are at most the partition's nsp. What qaic-qpc reports
+  is also materialization metadata (numbers as numbers, so the UI charts them).
+- ``throughput`` (only when ``throughput_check.enabled``): with a card listed by ``tools/qaic-util -q``,
+  ``exec/qaic-runner -t <dir> -a <activations> -n <inferences> -d <device>``; records inferences per
+  second as a number, so the UI plots throughput across SDK versions.
+
+Without the tool or the card a check is reported as skipped (a warning naming the reason), never as a
+silent pass. Both exist only on the SDK backend (the CPU compiler writes no QPC).
+"""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+
+from qaic_assets.qaic import tools
+from qaic_assets.qaic.sdk import backend_name, tool_path
+from qaic_assets.settings import Settings
+
+FITS_TARGET = "fits_target"
+THROUGHPUT = "throughput"
+
+
+def sdk_check_specs(project: Settings, model: str, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    if backend_name(project.backend, project.sdk_root) == "cpu":
+        return []
+    specs = [dg.AssetCheckSpec(FITS_TARGET, asset=asset_key,
+                               description="qaic-qpc validate: NSPs required <= the partition's nsp")]
+    if project.throughput_check.enabled:
+        specs.append(dg.AssetCheckSpec(THROUGHPUT, asset=asset_key,
+                                       description="qaic-runner on a card: inferences per second"))
+    return specs
+
+
+def _skipped(name: str, reason: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=False, severity=dg.AssetCheckSeverity.WARN,
+                               description=f"skipped: {reason}",
+                               metadata={"skipped": True, "reason": dg.MetadataValue.text(reason)})
+
+
+def _slug(key: str) -> str:
+    return "qpc_" + re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
+
+
+def _validate(project: Settings, binary, nsp: int) -> tuple[dict, dg.AssetCheckResult, tools.QpcReport | None]:
+    tool = tool_path(project.sdk_root, "qaic-qpc")
+    if tool is None:
+        return {}, _skipped(FITS_TARGET, f"{project.sdk_root}/tools/qaic-qpc is not installed (Platform SDK)"), None
+    try:
+        report = tools.parse_qpc_validate(tools.run_tool(tools.validate_argv(tool, binary)))
+    except tools.ToolError as exc:
+        return {}, dg.AssetCheckResult(check_name=FITS_TARGET, passed=False, description=str(exc)), None
+    metadata = {_slug(k): v for k, v in report.fields.items() if isinstance(v, (int, float))}
+    metadata |= {"qpc_nsp_required": report.nsp_required, "qpc_validate": dg.MetadataValue.json(report.fields)}
+    fits = report.nsp_required <= nsp
+    result = dg.AssetCheckResult(
+        check_name=FITS_TARGET, passed=fits,
+        description=(f"needs {report.nsp_required} NSPs, the partition has {nsp}" if fits else
+                     f"the binary needs {report.nsp_required} NSPs but the partition has {nsp}: lower "
+                     "-aic-num-cores / -sdp-cluster-sizes for this target"),
+        metadata={"nsp_required": report.nsp_required, "nsp": nsp})
+    return metadata, result, report
+
+
+def _throughput(project: Settings, binary_dir, nsp: int, report) -> tuple[dict, dg.AssetCheckResult]:
+    opts = project.throughput_check
+    util, runner = tool_path(project.sdk_root, "qaic-util"), tool_path(project.sdk_root, "qaic-runner")
+    if util is None or runner is None:
+        missing = "tools/qaic-util" if util is None else "exec/qaic-runner"
+        return {}, _skipped(THROUGHPUT, f"{project.sdk_root}/{missing} is not installed (Platform SDK)")
+    try:
+        devices = tools.parse_qaic_util(tools.run_tool([str(util), "-q"]))
+    except tools.ToolError as exc:
+        return {}, _skipped(THROUGHPUT, f"no card: {exc}")
+    device = next((d for d in devices if d.qid == opts.device), None)
+    if device is None or not device.ready:
+        return {}, _skipped(THROUGHPUT, f"no ready card with QID {opts.device} (qaic-util -q lists "
+                                        f"{[d.qid for d in devices if d.ready] or 'none'})")
+    activations = opts.activations or max(1, nsp // report.nsp_required if report else 1)
+    argv = tools.runner_argv(runner, binary_dir, activations, opts.inferences, opts.device)
+    try:
+        stats = tools.parse_runner(tools.run_tool(argv, timeout_s=opts.timeout_s))
+    except tools.ToolError as exc:
+        return {}, dg.AssetCheckResult(check_name=THROUGHPUT, passed=False, description=str(exc),
+                                       metadata={"command": dg.MetadataValue.text(" ".join(argv))})
+    numbers = {"inferences_per_s": stats.inferences_per_s, "runner_activations": activations,
+               "runner_inferences": stats.inferences, "runner_duration_s": stats.duration_us / 1e6}
+    result = dg.AssetCheckResult(check_name=THROUGHPUT, passed=True,
+                                 description=f"{stats.inferences_per_s:g} inferences/s on QID {opts.device}",
+                                 metadata=numbers | {"command": dg.MetadataValue.text(" ".join(argv))})
+    return numbers, result
+
+
+def run_sdk_checks(project: Settings, specs: list[dg.AssetCheckSpec], binary, nsp: int,
+                   ) -> tuple[dict, list[dg.AssetCheckResult]]:
+    """(materialization metadata, one result per spec) for the binary just built (or cached)."""
+    names = {s.name for s in specs}
+    if not names:
+        return {}, []
+    metadata, fit, report = _validate(project, binary, nsp)
+    results = [fit]
+    if THROUGHPUT in names:
+        numbers, result = _throughput(project, binary.parent, nsp, report)
+        metadata |= numbers
+        results.append(result)
+    return metadata, results

@@ -160,7 +160,7 @@ class ModelConfig(_Strict):
     # a -percentile-calibration-value, or `sweep`: the `<model>/percentile_choice` asset measures
     # percentile_candidates with the CPU reference compiler and compiled_binary uses the best
     percentile: Annotated[float, Field(gt=0, le=100)] | Literal["sweep"] | None = None
-    percentile_candidates: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+    percentile_candidates: list[Annotated[float, Field(ge=90, le=100)]] = Field(
         default_factory=lambda: list(DEFAULT_PERCENTILE_CANDIDATES), min_length=1)
     harness: Harness = Field(default_factory=Harness)  # used by the retinanet recipe
     accuracy_threshold: float | None = Field(default=None, gt=0, le=1)

@@ -35,7 +35,7 @@ def test_sweep_is_opt_in_with_default_candidates(tmp_path):
     ("percentile: 100.5", "less than or equal to 100"),
     ("percentile: often", "percentile"),
     ("percentile: sweep\nheldout: {list: h.txt}\npercentile_candidates: [99.9, 99.9]", "must be unique"),
-    ("percentile_candidates: [0]", "greater than 0"),
+    ("percentile_candidates: [5]", "greater than or equal to 90"),  # the SDK documents 90-100
     ("harness: {naming_sets: [{loc: [a, b], conf: [c]}]}", "one name per output"),
     ("harness: {naming_sets: []}", "at least 1"),
 ])

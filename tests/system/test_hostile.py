@@ -155,7 +155,8 @@ def test_editing_the_node_precision_file_rebuilds_instead_of_serving_the_stale_b
     """The node-precision file is an input of the calibration's and the compile's cache key (every
     other file-naming flag: the toolchain's part of issue 14 #3)."""
     project.reconfigure("models:\n", "models:\n  tinyret:\n    recipe: retinanet\n    source: {path: tiny.onnx}\n"
-                        "    calibration: {list: cal/cal.txt}\n    node_precision: np.yaml\n")
+                        "    calibration: {list: cal/cal.txt}\n    node_precision: np.yaml\n"
+                        "    harness: {naming_sets: [{loc: ['input_0:0'], conf: ['output:0']}]}\n")  # fake SDK's names
     node_precision = project.root / "np.yaml"
     node_precision.write_text("FP16NodeInstanceNames: [logits]\n")
     for key, part in ((profile_key("tinyret"), "bs2"), (binary_key("tinyret"), PARTITION)):
@@ -281,8 +282,10 @@ def test_plan_prints_shell_quoted_lines_that_paste_to_the_exact_argv(project, mo
 
     store = tmp_path / "store $(touch PWNED0); x `touch PWNED5`"
     monkeypatch.setenv("QAIC_ASSETS_STORAGE_ROOT", str(store))
+    evil_file = project.root / EVIL_NAME  # the grammar allows shell syntax in a file name only
+    evil_file.write_text("external quantization profile\n")
     project.reconfigure("    calibration: {list: cal/cal.txt}\n", "    calibration: {list: cal/cal.txt}\n"
-                        f"    extra_flags: [{json.dumps('-output-node-name=' + EVIL_NAME)}]\n")
+                        f"    extra_flags: [{json.dumps(f'-external-quantization-file={evil_file}')}]\n")
     assert main(["plan", "--model", "tiny", "--scenario", "offline", "--batch", "2"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("(cd ")]
     planned = plan_target(project.config, select_backend("qaic", project.sdk), "tiny", "offline", 14, 2)
@@ -301,7 +304,8 @@ def test_plan_prints_shell_quoted_lines_that_paste_to_the_exact_argv(project, mo
     ("-mos=1;touch X", False),                  # a list of numbers
     ("-aic-num-cores=4`reboot`", False),        # an integer (refused by the grammar itself)
     ("-execute-nodes-in-fp16=Sigmoid|sh", False),
-    (f"-output-node-name={EVIL_NAME}", True),   # an ONNX name may hold anything (one argv item)
+    (f"-output-node-name={EVIL_NAME}", False),  # a node name is one token
+    (f"-external-quantization-file=/data/{EVIL_NAME}.yaml", True),  # a file name may hold anything
     ("-aic-hw-version=2.0", True),
 ])
 def test_extra_flags_take_shell_syntax_only_where_the_value_grammar_allows_it(tmp_path, flag, accepted):
@@ -317,8 +321,8 @@ def test_extra_flags_take_shell_syntax_only_where_the_value_grammar_allows_it(tm
         load_settings(path)
     name = flag[1:].split("=")[0]
     assert "model 'm': extra_flags: " in str(err.value) and f"-{name}" in str(err.value)
-    assert "expects an integer" in str(err.value) if name == "aic-num-cores" else \
-        f"{flag} holds" in str(err.value) and f"which the value of -{name} cannot contain" in str(err.value)
+    expected = {"aic-num-cores": "expects an integer", "mos": "expects integers separated by commas"}
+    assert expected.get(name, "without blanks, quotes or shell metacharacters") in str(err.value)
 
 
 SMALL = "matrix: {{scenarios: [offline], nsp: [{nsp}], batch: [{batch}]}}\n{extra}models:\n" \

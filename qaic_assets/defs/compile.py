@@ -7,19 +7,21 @@ import dagster as dg
 from qaic_assets.build import service
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import binary_partition, binary_partitions, profile_mapping
+from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.defs.toolchain import record_first_observation
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
-from qaic_assets.qaic.sdk import backend_name
 from qaic_assets.settings import Settings
 
 
 def compile_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
     cfg = project.model(model)
-    on_cpu = backend_name(project.backend, project.sdk_root) == "cpu"  # no version read at load time
     deps = [dg.AssetDep(source_key(model)), dg.AssetDep(SDK_KEY)]
     if cfg.quantize:
         deps.append(dg.AssetDep(profile_key(model), partition_mapping=profile_mapping()))
     check_specs = []
-    if on_cpu and (cfg.heldout or cfg.source.standin):
+    # from the configuration only, so every host has the same graph; a binary built by the SDK's
+    # qaic-exec (not runnable here) yields no result, and the check shows as not evaluated for it
+    if cfg.heldout or cfg.source.standin:
         check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
                                          description="int8 vs fp32 on held-out inputs")]
 
@@ -37,15 +39,18 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         automation_condition=automation_condition,
         description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
     )
-    def compiled_binary(context: dg.AssetExecutionContext, config: BuildOptions) -> dg.MaterializeResult:
+    def compiled_binary(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
+                        artifact_store: ArtifactStore) -> dg.MaterializeResult:
+        settings = effective_settings(project, toolchain, artifact_store)
         with as_failure():
             try:
                 batch, scenario, nsp = binary_partition(context.partition_key)
             except ValueError as exc:
                 raise service.BuildError(str(exc)) from exc
-            built = service.compile(project, model, batch, scenario, nsp, run_id=context.run.run_id,
+            built = service.compile(settings, model, batch, scenario, nsp, run_id=context.run.run_id,
                                     partition=str(context.partition_key), force=config.force, log=context.log)
         manifest = built.manifest
+        record_first_observation(context, manifest)
         metadata = build_metadata(manifest, built.cached) | {
             "model_sha256": built.source.sha256, "model": dg.MetadataValue.asset(source_key(model)),
             "scenario": scenario, "nsp": nsp, "batch": batch}
@@ -57,10 +62,10 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)
         check_results = []
-        if check_specs:
+        if check_specs and manifest["backend"] == "cpu":
             from qaic_assets.defs.checks import accuracy_check
 
-            check_results = [accuracy_check(project, model, built.command.argv, built.output, batch,
+            check_results = [accuracy_check(settings, model, built.command.argv, built.output, batch,
                                             binary_sha256=manifest["output"]["sha256"],
                                             source_sha256=built.source.sha256)]
         return dg.MaterializeResult(

@@ -231,14 +231,10 @@ def _run_selected(instance, job_name: str, partition: str, keys) -> None:
     """One run of `job_name` for `partition`, restricted to `keys` (the demo's executor settings)."""
     import dagster as dg
 
+    from qaic_assets.defs.jobs import partition_run_tags
     from qaic_assets.demo import run_config
 
-    tags = {"dagster/partition": partition}
-    if "|" in partition:
-        from dagster._core.storage.tags import get_multidimensional_partition_tag
-
-        b, t = partition.split("|")
-        tags |= {get_multidimensional_partition_tag("batch"): b, get_multidimensional_partition_tag("target"): t}
+    tags = partition_run_tags(partition)
     job = dg.build_reconstructable_job("qaic_assets.demo", "job_for", reconstructable_args=(job_name,))
     job = job.get_subset(asset_selection=set(keys))
     with dg.execute_job(job, instance=instance, run_config=run_config(2), tags=tags) as result:

@@ -87,3 +87,13 @@ def test_run_with_only_the_partition_tag(tiny_project):
     meta = records[0].asset_materialization.metadata
     assert (meta["batch"].value, meta["scenario"].value, meta["nsp"].value) == (2, "offline", 14)
     assert "/tiny/compiled/bs2/offline-nsp14/" in meta["path"].value
+
+
+def test_partition_run_tags_use_the_public_tag_names():
+    from qaic_assets.defs.jobs import partition_run_tags
+
+    assert partition_run_tags("bs8|offline-nsp14") == {
+        "dagster/partition": "bs8|offline-nsp14", "dagster/partition/batch": "bs8",
+        "dagster/partition/target": "offline-nsp14"}
+    assert partition_run_tags("bs8") == {"dagster/partition": "bs8"}
+    assert partition_run_tags(None) == {}

@@ -2,6 +2,8 @@
 the build service from the source model and (quantized) its batch's profile; the accuracy check runs
 in the same step on the CPU backend."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from qaic_assets.build import service
@@ -25,22 +27,28 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
                                          description="int8 vs fp32 on held-out inputs")]
 
-    @dg.asset(
-        key=binary_key(model),
-        group_name=group_name(model),
-        kinds={"qaic"},
-        deps=deps,
+    # a multi_asset only for `can_subset`: it makes the check's output optional, so a step that
+    # cannot run the check (SDK build) simply yields none
+    @dg.multi_asset(
+        name=binary_key(model).to_python_identifier(),
+        specs=[dg.AssetSpec(
+            binary_key(model),
+            group_name=group_name(model),
+            kinds={"qaic"},
+            deps=deps,
+            code_version=code_version(project, model, cfg.quantize, cfg.percentile,
+                                      *([cfg.extra_flags] if cfg.extra_flags else [])),
+            automation_condition=automation_condition,
+            description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
+        )],
         partitions_def=binary_partitions(project, model),
         pool=POOL,
         op_tags=op_tags,
         check_specs=check_specs,
-        code_version=code_version(project, model, cfg.quantize, cfg.percentile,
-                                  *([cfg.extra_flags] if cfg.extra_flags else [])),
-        automation_condition=automation_condition,
-        description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
+        can_subset=True,
     )
     def compiled_binary(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
-                        artifact_store: ArtifactStore) -> dg.MaterializeResult:
+                        artifact_store: ArtifactStore) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         settings = effective_settings(project, toolchain, artifact_store)
         with as_failure():
             try:
@@ -61,17 +69,12 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         previous = built.previous
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)
-        check_results = []
-        if check_specs and manifest["backend"] == "cpu":
+        yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
+                                   data_version=dg.DataVersion(manifest["output"]["sha256"]))
+        if check_specs and manifest["backend"] == "cpu" and context.selected_asset_check_keys:
             from qaic_assets.defs.checks import accuracy_check
 
-            check_results = [accuracy_check(settings, model, built.command.argv, built.output, batch,
-                                            binary_sha256=manifest["output"]["sha256"],
-                                            source_sha256=built.source.sha256)]
-        return dg.MaterializeResult(
-            metadata=metadata,
-            data_version=dg.DataVersion(manifest["output"]["sha256"]),
-            check_results=check_results,
-        )
+            yield accuracy_check(settings, model, built.command.argv, built.output, batch,
+                                 binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256)
 
     return compiled_binary

@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from fake_sdk import read_calls, set_fake_sdk_version
+from helpers import latest
 from qaic_assets.defs import build_definitions, toolchain
 from qaic_assets.defs.automation import CONDITION_LABEL, OBSERVE_SCHEDULE_NAME, SENSOR_NAME
 from qaic_assets.defs.jobs import OBSERVE_JOB
@@ -58,13 +59,6 @@ class Ticks:
         for key in (profile_key("tiny"), binary_key("tiny")):
             for partition in sorted(requested.get(key.to_user_string(), ())):
                 self.project.materialize(key, partition)
-
-
-def latest(instance, key, partition=None):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
-        limit=1).records
-    return records[0].asset_materialization if records else None
 
 
 def input_version(materialization, key) -> str:

@@ -97,3 +97,35 @@ def test_partition_run_tags_use_the_public_tag_names():
         "dagster/partition/target": "offline-nsp14"}
     assert partition_run_tags("bs8") == {"dagster/partition": "bs8"}
     assert partition_run_tags(None) == {}
+
+
+@pytest.mark.parametrize("backend", ["qaic", "cpu"])
+def test_accuracy_check_declared_everywhere_evaluated_for_cpu_builds_only(tiny_project, backend):
+    """A model with a held-out set has the accuracy check on every host; a binary built by the SDK's
+    qaic-exec (not runnable here) succeeds without a check result, so the check shows as not
+    evaluated; a CPU build evaluates it in the same step."""
+    project = tiny_project
+    project.config_path.write_text(project.config_path.read_text().replace(
+        "    calibration: {list: cal/cal.txt}\n", "    calibration: {list: cal/cal.txt}\n    heldout: {list: cal/cal.txt}\n"))
+    defs = build_definitions(project.config, resources={
+        "toolchain": Toolchain(backend=backend, sdk_root=str(project.sdk))})
+    project._defs = defs
+    checks = [spec.name for a in defs.assets if isinstance(a, dg.AssetsDefinition) for spec in a.check_specs]
+    assert checks == [ACCURACY_CHECK_NAME]
+    project.observe_sdk()
+    project.materialize(source_key("tiny"))
+    project.materialize(profile_key("tiny"), "bs1")
+    result = project.materialize(binary_key("tiny"), "bs1|offline-nsp14")
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert latest_backend(project) == backend
+    if backend == "qaic":
+        assert evaluations == []
+    else:
+        assert [e.check_name for e in evaluations] == [ACCURACY_CHECK_NAME]
+        assert "score" in evaluations[0].metadata
+
+
+def latest_backend(project) -> str:
+    record = project.instance.fetch_materializations(binary_key("tiny"), limit=1).records[0]
+    return record.asset_materialization.metadata["backend"].value

@@ -338,7 +338,8 @@ def deployment(servers, tmp_path_factory):
     workers = {}
     try:
         workers["a"] = Worker("qaic-a", [deploy.compile_queue(env), deploy.DEFAULT_QUEUE],
-                              dict(env, PYTHONPATH=str(slow), QAIC_TEST_SLOW_FLAG=str(base / "slow")),
+                              dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), env.get("PYTHONPATH")])),
+                                   QAIC_TEST_SLOW_FLAG=str(base / "slow")),
                               base / "worker-a.log", HOSTS["a"] if uts else None)
         workers["b"] = Worker("qaic-b", [deploy.compile_queue(env)], env, base / "worker-b.log",
                               HOSTS["b"] if uts else None)

@@ -12,7 +12,10 @@ project to the CPU compiler for good, set `backend: cpu`). `auto` on a machine t
 observes the CPU compiler.
 
 A build that runs before `qaic_sdk` was ever observed records the first observation itself (the
-version it built with), so the first scheduled observation of that same version is no "upgrade".
+version it built with), so the first scheduled observation of that same version is no "upgrade" and
+the automation requests nothing. (Dagster reads a step's input versions before the step runs, so
+that very first build's own lineage still lists `qaic_sdk` as INITIAL; every later build records the
+observed version.)
 """
 
 from __future__ import annotations

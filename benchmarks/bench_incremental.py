@@ -62,9 +62,9 @@ def part_a(work: Path, models: list[str]) -> list[list]:
     storage = common.fresh_storage(work, name, [m for m in models if m in common.STANDIN_MODELS])
     home = common.fresh_home(work, name)
     digits = work / "runs" / name / "digits_model.onnx"
-    shutil.copyfile(common.REPO / "qaic_assets" / "data" / "digits" / "model.onnx", digits)
+    shutil.copyfile(common.REPO / "qaic_assets" / "models" / "data" / "digits" / "model.onnx", digits)
     cfg = common.write_config(work / "runs" / name / "config.yaml", storage, models=models)
-    text = cfg.read_text().replace(str(common.REPO / "qaic_assets" / "data" / "digits" / "model.onnx"), str(digits))
+    text = cfg.read_text().replace(str(common.REPO / "qaic_assets" / "models" / "data" / "digits" / "model.onnx"), str(digits))
     cfg.write_text(text)
     env = {"QAIC_ASSETS_CONFIG": str(cfg), "DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
     argv = [str(shadow / "bin" / "python"), "-m", "benchmarks._dagster_matrix"]
@@ -115,10 +115,10 @@ def part_b(work: Path, models: list[str]) -> list[list]:
         shutil.rmtree(sdk)
     make_fake_sdk(sdk, ("1.18.2", "0.5"))
     digits = work / "runs" / name / "digits_model.onnx"
-    shutil.copyfile(common.REPO / "qaic_assets" / "data" / "digits" / "model.onnx", digits)
+    shutil.copyfile(common.REPO / "qaic_assets" / "models" / "data" / "digits" / "model.onnx", digits)
     cfg = common.write_config(work / "runs" / name / "config.yaml", storage, models=models, backend="qaic",
                               sdk_root=sdk)
-    cfg.write_text(cfg.read_text().replace(str(common.REPO / "qaic_assets" / "data" / "digits" / "model.onnx"),
+    cfg.write_text(cfg.read_text().replace(str(common.REPO / "qaic_assets" / "models" / "data" / "digits" / "model.onnx"),
                                            str(digits)))
     os.environ.update({"QAIC_ASSETS_CONFIG": str(cfg), "DAGSTER_HOME": str(home)})
     os.environ.pop("QAIC_SDK_ROOT", None)

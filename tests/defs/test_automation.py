@@ -17,7 +17,7 @@ import pytest
 from fake_sdk import read_calls, set_fake_sdk_version
 from helpers import latest
 from qaic_assets.defs import build_definitions, toolchain
-from qaic_assets.defs.automation import CONDITION_LABEL, OBSERVE_SCHEDULE_NAME, SENSOR_NAME
+from qaic_assets.defs.automation import AUTOMATION_TAG, CONDITION_LABEL, OBSERVE_SCHEDULE_NAME, SENSOR_NAME
 from qaic_assets.defs.jobs import OBSERVE_JOB
 from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.defs.resources import Toolchain
@@ -120,6 +120,28 @@ def test_sdk_upgrade_recompiles_exactly_what_was_compiled(tiny_project):
     assert project.observe_sdk().metadata["status"].value == "found"
     assert ticks.tick() == {}  # back with the same version: nothing to do
     assert len(read_calls(project.sdk)) == n_calls + 5
+
+
+def test_the_stock_sensor_emits_the_profiles_as_one_backfill(tiny_project):
+    """What the daemon receives from `qaic_automation` (the stock sensor, evaluated as the code server
+    does): after an SDK upgrade one backfill of the two built profiles, tagged as automation."""
+    project = tiny_project
+    materialize_some(project)
+    sensor = project.defs.resolve_sensor_def(SENSOR_NAME)
+
+    def tick(cursor):
+        context = dg.build_sensor_context(instance=project.instance, cursor=cursor,
+                                          repository_def=project.defs.get_repository_def())
+        return sensor.evaluate_tick(context)
+
+    first = tick(None)
+    assert not first.run_requests
+    set_fake_sdk_version(project.sdk, "1.19.0", "7")
+    project.observe_sdk()
+    (request,) = tick(first.cursor).run_requests
+    assert request.asset_graph_subset is not None  # a backfill: ordered and retried by the daemon
+    assert request.asset_graph_subset.asset_keys == {profile_key("tiny")}
+    assert request.tags[AUTOMATION_TAG] == "recompile"
 
 
 def test_recipe_change_waits_for_an_observation_that_finds_the_sdk(tiny_project, monkeypatch):

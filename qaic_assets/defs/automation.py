@@ -10,7 +10,7 @@
       due       = (any_deps_match(data_version_changed) | code_version_changed [| nightly])
                       .since_last_handled() & ~missing
       ready     = ~any_deps_missing & ~in_progress & ~any_deps_in_progress & compiler_observed
-      condition = due & ready & ~any_deps_match(due & ready).allow(<the profiles>)
+      condition = due & ready & ~any_deps_match(due & ready | execution_failed).allow(<the profiles>)
 
   - only partitions built before are requested (`~missing`); an input counts as changed when its data
     version changed: a new SDK version, model (sha256) or profile (sha256); `code_version_changed`:
@@ -21,7 +21,8 @@
     the SDK is missing the change stays pending and is requested once an observation finds it.
   - a profile before the binaries that load it: a binary waits while its batch's profile is due and
     ready (so it is requested in this very tick) and then while it is in progress; its own change
-    stays pending and it is requested on the first tick after the profile is built. (Dagster's
+    stays pending and it is requested on the first tick after the profile is built; if the profile's
+    build failed, the binary waits until a profile build succeeds. (Dagster's
     `will_be_requested` cannot express this: it only sees requests executable in the same run, and a
     profile and a binary have different partitions definitions.) A tick that requests more than one
     partition of an asset becomes one backfill (the sensor's `emit_backfills`).
@@ -81,8 +82,11 @@ def recompile_condition(config: Settings) -> dg.AutomationCondition:
     ready = (~AC.any_deps_missing() & ~AC.in_progress() & ~AC.any_deps_in_progress()
              & CompilerObserved()).with_label("ready")
     profiles = dg.AssetSelection.assets(*[profile_key(m) for m in config.model_names if config.model(m).quantize])
-    profile_first = AC.any_deps_match(due & ready).allow(profiles).with_label("profile_requested")
-    return (due & ready & ~profile_first).with_label(CONDITION_LABEL)
+    # a binary waits while its profile is requested this tick, and after the profile's recompile
+    # failed (as a backfill would not run it), rather than compile against the old profile
+    waits_for_profile = AC.any_deps_match((due & ready) | AC.execution_failed()).allow(profiles).with_label(
+        "waits_for_profile")
+    return (due & ready & ~waits_for_profile).with_label(CONDITION_LABEL)
 
 
 @dataclass(frozen=True)

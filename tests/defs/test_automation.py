@@ -171,6 +171,32 @@ def test_recipe_change_waits_for_an_observation_that_finds_the_sdk(tiny_project,
     assert ticks.tick() == {}
 
 
+def test_a_failed_profile_holds_its_binaries_back(tiny_project):
+    """The profile's recompile fails: its binary is not compiled against the old profile; once a
+    profile build succeeds, the binary follows."""
+    project = tiny_project
+    materialize_some(project, binaries=["bs2|offline-nsp14"])
+    ticks = Ticks(project)
+    assert ticks.tick() == {}
+    set_fake_sdk_version(project.sdk, "1.19.0", "7")
+    project.observe_sdk()
+    assert ticks.tick() == {PROFILE: {"bs2"}}
+    cal = project.root / "cal" / "cal.txt"
+    good = cal.read_text()
+    cal.unlink()
+    graph = project.defs.resolve_asset_graph()
+    failed = dg.materialize([graph.get(profile_key("tiny")).assets_def], instance=project.instance,
+                           partition_key="bs2", selection=[profile_key("tiny")], raise_on_error=False)
+    assert not failed.success
+    assert ticks.tick() == {}
+    assert ticks.tick() == {}
+    cal.write_text(good)
+    project.materialize(profile_key("tiny"), "bs2")  # e.g. retried from the UI
+    assert ticks.tick() == {BINARY: {"bs2|offline-nsp14"}}
+    ticks.run({BINARY: {"bs2|offline-nsp14"}})
+    assert ticks.tick() == {}
+
+
 def test_availability_comes_from_the_observation_not_the_local_disk(tiny_project):
     """The daemon's host has no SDK: an SDK upgrade observed on a compile host is still recompiled;
     and an observation that did not find the SDK holds recompiles back even where the evaluating

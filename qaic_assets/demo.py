@@ -71,13 +71,9 @@ def job_for(name: str) -> dg.JobDefinition:
 
 def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = None,
             max_concurrent: int = 2, method: str | None = None) -> dg.ExecuteJobResult:
-    tags = {"dagster/partition": partition} if partition else {}
-    if partition and "|" in partition:
-        from dagster._core.storage.tags import get_multidimensional_partition_tag
+    from qaic_assets.defs.jobs import partition_run_tags
 
-        batch, target = partition.split("|")
-        tags |= {get_multidimensional_partition_tag("batch"): batch,
-                 get_multidimensional_partition_tag("target"): target}
+    tags = partition_run_tags(partition)
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
     config = run_config(max_concurrent, method, instance)
     with dg.execute_job(job, instance=instance, run_config=config, tags=tags) as result:

@@ -76,11 +76,11 @@ def write_tiny_project(root: Path, batch: list[int] = (1, 2), backend: str = "qa
 @pytest.fixture
 def tiny_project(tmp_path, monkeypatch, request):
     """A TinyProject (batch 1, 2, 4 x offline, singlestream: 3 profiles, 6 binaries) with its
-    instance open; the instance launches runs in this process (see InProcessTestRunLauncher).
+    instance open.
     `@pytest.mark.project(backend=..., extra=...)` changes the config."""
     marker = request.node.get_closest_marker("project")
     options = {"batch": [1, 2, 4], **(marker.kwargs if marker else {})}
-    project = write_tiny_project(tmp_path / "project", instance_yaml=DAEMON_INSTANCE_YAML, **options)
+    project = write_tiny_project(tmp_path / "project", **options)
     monkeypatch.setenv("QAIC_ASSETS_CONFIG", str(project.config_path))
     monkeypatch.delenv("QAIC_SDK_ROOT", raising=False)
     monkeypatch.delenv("QAIC_ASSETS_STORAGE_ROOT", raising=False)
@@ -89,35 +89,6 @@ def tiny_project(tmp_path, monkeypatch, request):
     with dg.DagsterInstance.get() as instance:
         project.instance = instance
         yield project
-
-
-# ---------------------------------------------------------------------------------------------
-# A real Dagster instance whose daemons can be ticked by hand: runs launched by the sensor or the
-# backfill daemon execute synchronously, in this process, with the in-process executor.
-# ---------------------------------------------------------------------------------------------
-
-from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher  # noqa: E402
-
-
-class InProcessTestRunLauncher(SyncInMemoryRunLauncher):
-    """SyncInMemoryRunLauncher with the in-process executor (no child processes per run)."""
-
-    def launch_run(self, context) -> None:
-        from dagster._core.execution.api import execute_run
-        from dagster._utils.hosted_user_process import recon_job_from_origin
-
-        run = context.dagster_run
-        run = run._replace(run_config={**run.run_config, "execution": {"config": {"in_process": {}}}})
-        execute_run(recon_job_from_origin(context.job_code_origin), run, self._instance)
-
-
-DAEMON_INSTANCE_YAML = """
-telemetry: {enabled: false}
-run_launcher: {module: conftest, class: InProcessTestRunLauncher}
-run_coordinator:
-  module: dagster._core.run_coordinator.default_run_coordinator
-  class: DefaultRunCoordinator
-"""
 
 
 def pytest_configure(config):

@@ -1,5 +1,8 @@
 """The Dagster layer: the only package that imports dagster. It adapts the build service to assets,
-checks, automation, jobs and the executor; `build_definitions(settings)` assembles them."""
+checks, automation, jobs and the executor; `build_definitions(settings)` assembles them.
+
+The asset graph (assets, checks, partitions, conditions) depends on the settings only, never on the
+host that loads it; the host-specific parts (the compiler, the storage root) are resources."""
 
 from __future__ import annotations
 
@@ -30,16 +33,19 @@ def model_assets(project: Settings, model: str, automation_condition=None) -> li
     return assets
 
 
-def build_definitions(config: Settings) -> dg.Definitions:
+def build_definitions(config: Settings, resources: dict | None = None) -> dg.Definitions:
+    """`resources` replace the defaults built from the settings (`toolchain`, `artifact_store`)."""
     from qaic_assets.defs.automation import build_automation
     from qaic_assets.defs.executor import executor_from_env
     from qaic_assets.defs.jobs import build_jobs, observe_job
+    from qaic_assets.defs.resources import default_resources
     from qaic_assets.defs.toolchain import sdk_asset
 
     observe = observe_job()
     automation = build_automation(config, observe)
-    assets = [sdk_asset(config)]
+    assets = [sdk_asset()]
     for model in config.model_names:
         assets += model_assets(config, model, automation_condition=automation.condition)
     return dg.Definitions(assets=assets, jobs=[observe, *build_jobs(config)], sensors=automation.sensors,
-                          schedules=automation.schedules, executor=executor_from_env())
+                          schedules=automation.schedules, executor=executor_from_env(),
+                          resources={**default_resources(config), **(resources or {})})

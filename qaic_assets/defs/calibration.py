@@ -9,6 +9,8 @@ import dagster as dg
 from qaic_assets.build import harness, service
 from qaic_assets.defs.keys import POOL, SDK_KEY, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
+from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.defs.toolchain import record_first_observation
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
 from qaic_assets.settings import Settings, parse_batch_key
 
@@ -28,12 +30,15 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
         automation_condition=automation_condition,
         description=f"qaic-exec -dump-profile over the batched {model} calibration set.",
     )
-    def calibration_profile(context: dg.AssetExecutionContext, config: BuildOptions) -> dg.MaterializeResult:
+    def calibration_profile(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
+                            artifact_store: ArtifactStore) -> dg.MaterializeResult:
+        settings = effective_settings(project, toolchain, artifact_store)
         with as_failure():
-            built = service.calibrate(project, model, parse_batch_key(context.partition_key),
+            built = service.calibrate(settings, model, parse_batch_key(context.partition_key),
                                       run_id=context.run.run_id, partition=context.partition_key,
                                       force=config.force, log=context.log)
         manifest = built.manifest
+        record_first_observation(context, manifest)
         return dg.MaterializeResult(
             metadata=build_metadata(manifest, built.cached) | harness_metadata(manifest) | {
                 "model_sha256": built.source.sha256,

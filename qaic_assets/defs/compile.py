@@ -2,20 +2,22 @@
 the build service from the source model and (quantized) its batch's profile; the accuracy check runs
 in the same step on the CPU backend, the SDK tool checks (defs/sdk_checks.py) on the SDK backend."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from qaic_assets.build import service
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import binary_partition, binary_partitions, profile_mapping
+from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.defs.toolchain import record_first_observation
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
 from qaic_assets.defs.sdk_checks import run_sdk_checks, sdk_check_specs
-from qaic_assets.qaic.sdk import backend_name
 from qaic_assets.settings import Settings
 
 
 def compile_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
     cfg = project.model(model)
-    on_cpu = backend_name(project.backend, project.sdk_root) == "cpu"  # no version read at load time
     deps = [dg.AssetDep(source_key(model)), dg.AssetDep(SDK_KEY)]
     if cfg.quantize:
         deps.append(dg.AssetDep(profile_key(model), partition_mapping=profile_mapping()))
@@ -24,35 +26,46 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
 
         deps.append(dg.AssetDep(choice_key(model), partition_mapping=profile_mapping()))
     check_specs = []
-    if on_cpu and (cfg.heldout or cfg.source.standin):
+    # from the configuration only, so every host has the same graph; a binary built by the SDK's
+    # qaic-exec (not runnable here) yields no result, and the check shows as not evaluated for it
+    if cfg.heldout or cfg.source.standin:
         check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
                                          description="int8 vs fp32 on held-out inputs")]
     sdk_specs = sdk_check_specs(project, model, binary_key(model))  # fits_target, throughput (SDK backend)
     check_specs += sdk_specs
 
-    @dg.asset(
-        key=binary_key(model),
-        group_name=group_name(model),
-        kinds={"qaic"},
-        deps=deps,
+    # a multi_asset only for `can_subset`: it makes the check's output optional, so a step that
+    # cannot run the check (SDK build) simply yields none
+    @dg.multi_asset(
+        name=binary_key(model).to_python_identifier(),
+        specs=[dg.AssetSpec(
+            binary_key(model),
+            group_name=group_name(model),
+            kinds={"qaic"},
+            deps=deps,
+            code_version=code_version(project, model, cfg.quantize, cfg.percentile,
+                                      *([cfg.extra_flags] if cfg.extra_flags else [])),
+            automation_condition=automation_condition,
+            description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
+        )],
         partitions_def=binary_partitions(project, model),
         pool=POOL,
         op_tags=op_tags,
         check_specs=check_specs,
-        code_version=code_version(project, model, cfg.quantize, cfg.percentile,
-                                  *([cfg.extra_flags] if cfg.extra_flags else [])),
-        automation_condition=automation_condition,
-        description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
+        can_subset=True,
     )
-    def compiled_binary(context: dg.AssetExecutionContext, config: BuildOptions) -> dg.MaterializeResult:
+    def compiled_binary(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
+                        artifact_store: ArtifactStore) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        settings = effective_settings(project, toolchain, artifact_store)
         with as_failure():
             try:
                 batch, scenario, nsp = binary_partition(context.partition_key)
             except ValueError as exc:
                 raise service.BuildError(str(exc)) from exc
-            built = service.compile(project, model, batch, scenario, nsp, run_id=context.run.run_id,
+            built = service.compile(settings, model, batch, scenario, nsp, run_id=context.run.run_id,
                                     partition=str(context.partition_key), force=config.force, log=context.log)
         manifest = built.manifest
+        record_first_observation(context, manifest)
         metadata = build_metadata(manifest, built.cached) | {
             "model_sha256": built.source.sha256, "model": dg.MetadataValue.asset(source_key(model)),
             "scenario": scenario, "nsp": nsp, "batch": batch}
@@ -70,18 +83,19 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         previous = built.previous
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)
-        sdk_metadata, check_results = run_sdk_checks(project, sdk_specs, built.output, nsp)
-        metadata |= sdk_metadata
-        if on_cpu and (cfg.heldout or cfg.source.standin):
+        selected = {key.name for key in context.selected_asset_check_keys}
+        check_results = []
+        if manifest["backend"] == "qaic":  # the SDK's tools check what the SDK built
+            sdk_metadata, check_results = run_sdk_checks(
+                settings, [spec for spec in sdk_specs if spec.name in selected], built.output, nsp)
+            metadata |= sdk_metadata
+        yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
+                                   data_version=dg.DataVersion(manifest["output"]["sha256"]))
+        yield from check_results
+        if ACCURACY_CHECK_NAME in selected and manifest["backend"] == "cpu":
             from qaic_assets.defs.checks import accuracy_check
 
-            check_results += [accuracy_check(project, model, built.command.argv, built.output, batch,
-                                             binary_sha256=manifest["output"]["sha256"],
-                                             source_sha256=built.source.sha256)]
-        return dg.MaterializeResult(
-            metadata=metadata,
-            data_version=dg.DataVersion(manifest["output"]["sha256"]),
-            check_results=check_results,
-        )
+            yield accuracy_check(settings, model, built.command.argv, built.output, batch,
+                                 binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256)
 
     return compiled_binary

@@ -41,3 +41,17 @@ def build_jobs(config: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
         dg.define_asset_job(SOURCES_JOB, selection=[source_key(m) for m in config.model_names],
                             description="Fetch, verify and describe every source model."),
     ] + [dg.define_asset_job(name, selection=keys) for name, keys in selections.items()]
+
+
+def partition_run_tags(partition: str | None) -> dict[str, str]:
+    """Tags of a run of one partition. `dagster/partition` alone is enough to run it (scripts and the
+    GraphQL API send only that); a binary partition also gets its dimensions under Dagster's public
+    tag names (`dagster/partition/batch`, `dagster/partition/target`), which the UI filters runs by."""
+    if not partition:
+        return {}
+    tags = {"dagster/partition": partition}
+    if "|" in partition:
+        batch, target = partition.split("|")
+        key = dg.MultiPartitionKey({"batch": batch, "target": target})
+        tags |= {f"dagster/partition/{dim}": value for dim, value in key.keys_by_dimension.items()}
+    return tags

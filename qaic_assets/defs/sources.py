@@ -8,6 +8,7 @@ import dagster as dg
 
 from qaic_assets.build import service
 from qaic_assets.defs.keys import group_name, source_key
+from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.defs.results import as_failure, code_version
 from qaic_assets.settings import Settings
 
@@ -22,9 +23,10 @@ def source_asset(project: Settings, model: str) -> dg.AssetsDefinition:
         code_version=code_version(project, model, cfg.source.model_dump(mode="json")),
         description=f"The {model} model file, verified and described.",
     )
-    def source_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def source_model(context: dg.AssetExecutionContext, toolchain: Toolchain,
+                     artifact_store: ArtifactStore) -> dg.MaterializeResult:
         with as_failure():
-            source = service.source(project, model)
+            source = service.source(effective_settings(project, toolchain, artifact_store), model)
         desc = source.description
         metadata = {
             "path": dg.MetadataValue.path(str(source.path)),

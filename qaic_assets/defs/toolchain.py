@@ -1,16 +1,142 @@
 """`qaic_sdk`: the observable source asset for the compiler in use; its data version is the compiler
-version, so an SDK upgrade is a new data version that the automation turns into recompiles."""
+version, so an SDK upgrade is a new data version that the automation turns into recompiles.
+
+The observation runs where the compiler is (the compile queue's op tags), and the automation reads
+its latest result (`status`) to decide whether the compiler is available: the daemon's host needs no
+SDK. A missing or unreadable SDK records `status: SDK not found` / `SDK unusable` and repeats the last
+data version, so no new data version appears and nothing is recompiled; when the SDK returns with the
+same version nothing happens either, with a new version its partitions recompile. This applies to
+`backend: qaic`, and to `backend: auto` once the SDK has been seen: a temporarily unmounted SDK must
+not make `auto` silently rebuild every SDK binary with the CPU reference compiler (to move such a
+project to the CPU compiler for good, set `backend: cpu`). `auto` on a machine that never had the SDK
+observes the CPU compiler.
+
+A build that runs before `qaic_sdk` was ever observed records the first observation itself (the
+version it built with), so the first scheduled observation of that same version is no "upgrade" and
+the automation requests nothing. (Dagster reads a step's input versions before the step runs, so
+that very first build's own lineage still lists `qaic_sdk` as INITIAL; every later build records the
+observed version.)
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 
 from qaic_assets.defs.executor import compile_op_tags
 from qaic_assets.defs.keys import SDK_KEY
-from qaic_assets.settings import Settings
+from qaic_assets.defs.resources import Toolchain
+from qaic_assets.qaic.sdk import NOT_INSTALLED, SdkError, choose_compiler, cpu_backend, platform_version, sdk_version
+
+SDK_FOUND = "found"
+SDK_NOT_FOUND = "SDK not found"
+SDK_UNUSABLE = "SDK unusable"  # qaic-exec is there but versions/apps.xml cannot be read
+# The tag under which Dagster stores an event's data version (what ObserveResult(data_version=...)
+# writes); read and written here for the repeated and the build-recorded observations.
+DATA_VERSION_TAG = "dagster/data_version"
 
 
-def sdk_asset(config: Settings, automation_condition=None) -> dg.SourceAsset:
+@dataclass(frozen=True)
+class CompilerStatus:
+    backend: str  # "qaic" or "cpu"
+    found: bool
+    version: str | None  # None when not found
+    executable: str
+    status: str = SDK_FOUND  # or SDK_NOT_FOUND / SDK_UNUSABLE
+    detail: str = ""
+    platform_version: str = NOT_INSTALLED
+
+
+def last_observation(instance: dg.DagsterInstance | None) -> dg.AssetObservation | None:
+    if instance is None:
+        return None
+    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SDK_KEY), limit=1).records
+    return records[0].asset_observation if records else None
+
+
+def observed_available(instance: dg.DagsterInstance) -> bool:
+    """What the automation asks: did the latest observation (on a compile host) find the compiler?"""
+    last = last_observation(instance)
+    return last is not None and getattr(last.metadata.get("status"), "value", None) == SDK_FOUND
+
+
+def compiler_status(toolchain: Toolchain, instance: dg.DagsterInstance | None = None) -> CompilerStatus:
+    """The compiler that materializations on this host would use now; `auto`: the SDK once it was seen.
+    An SDK root that exists is the SDK's, compiler or not (never a silent switch to the CPU compiler)."""
+    if toolchain.backend == "cpu":
+        cpu = cpu_backend()
+        return CompilerStatus("cpu", True, cpu.version, cpu.executable)
+    root = Path(toolchain.sdk_root)
+    try:
+        exe = str(choose_compiler(root, toolchain.compiler))
+    except SdkError as exc:
+        missing = exc
+    else:
+        try:  # the compiler exists but a version file may be unusable
+            return CompilerStatus("qaic", True, sdk_version(root), exe, platform_version=platform_version(root))
+        except SdkError as exc:
+            return CompilerStatus("qaic", False, None, exe, SDK_UNUSABLE, str(exc))
+    if toolchain.backend == "auto" and not root.exists():
+        last = last_observation(instance)
+        seen = last is not None and getattr(last.metadata.get("backend"), "value", None) == "qaic"
+        if not seen:
+            cpu = cpu_backend()
+            return CompilerStatus("cpu", True, cpu.version, cpu.executable)
+    exe = str(root / "exec" / ("qaic-exec" if toolchain.compiler == "auto" else toolchain.compiler))
+    return CompilerStatus("qaic", False, None, exe, SDK_NOT_FOUND, str(missing))
+
+
+def observe_compiler(toolchain: Toolchain, instance: dg.DagsterInstance | None) -> dg.ObserveResult:
+    """The observation of `qaic_sdk`: data version = compiler version; see the module docstring."""
+    status = compiler_status(toolchain, instance)
+    metadata = {
+        "backend": dg.MetadataValue.text(status.backend),
+        "status": dg.MetadataValue.text(status.status),
+        "executable": dg.MetadataValue.path(status.executable),
+        "sdk_root": dg.MetadataValue.path(str(toolchain.sdk_root)),
+    }
+    if status.found:
+        versions = {"version": dg.MetadataValue.text(status.version)}
+        if status.backend == "qaic":  # the Apps SDK (the compiler: the data version) and the Platform SDK
+            versions |= {"compiler": dg.MetadataValue.text(status.executable.rpartition("/")[2]),
+                         "apps_sdk_version": dg.MetadataValue.text(status.version),
+                         "platform_sdk_version": dg.MetadataValue.text(status.platform_version)}
+        return dg.ObserveResult(data_version=dg.DataVersion(status.version), metadata={**metadata, **versions})
+    metadata["detail"] = dg.MetadataValue.text(
+        f"{status.detail}; nothing is recompiled until the SDK is back (sdk_root={toolchain.sdk_root})")
+    # An observation without a data version would count as a *change* of data version (Dagster
+    # compares the latest against the previous one) and trigger recompiles: repeat the last one.
+    last = instance.get_latest_data_version_record(SDK_KEY, is_source=True) if instance else None
+    tags = last.event_log_entry.tags if last and last.event_log_entry.tags else {}
+    previous = tags.get(DATA_VERSION_TAG)
+    if previous is None:
+        return dg.ObserveResult(metadata=metadata)
+    metadata["version"] = dg.MetadataValue.text(f"{previous} (last seen)")
+    return dg.ObserveResult(data_version=dg.DataVersion(previous), metadata=metadata)
+
+
+def record_first_observation(context: dg.AssetExecutionContext, manifest: dict) -> None:
+    """Called by a build: if `qaic_sdk` was never observed, record the compiler this build used as its
+    first observation. Otherwise the first scheduled observation (of the same version) would be a
+    change from "nothing" to that version, and the automation would recompile what was just built."""
+    if last_observation(context.instance) is not None:
+        return
+    version = manifest["sdk_version"]
+    context.log_event(dg.AssetObservation(
+        asset_key=SDK_KEY,
+        tags={DATA_VERSION_TAG: version},
+        metadata={"backend": dg.MetadataValue.text(manifest["backend"]),
+                  "status": dg.MetadataValue.text(SDK_FOUND),
+                  "version": dg.MetadataValue.text(version),
+                  "recorded_by": dg.MetadataValue.text(
+                      f"the build of {context.asset_key.to_user_string()} {context.partition_key or ''}".strip()
+                      + f" in run {context.run.run_id} (qaic_sdk had never been observed)")},
+    ))
+
+
+def sdk_asset() -> dg.SourceAsset:
     @dg.observable_source_asset(
         key=SDK_KEY,
         op_tags=compile_op_tags(),  # read the SDK version where compiles run
@@ -18,13 +144,8 @@ def sdk_asset(config: Settings, automation_condition=None) -> dg.SourceAsset:
         description="The compiler in use: the Cloud AI 100 Apps SDK's qaic-compile or qaic-exec (metadata: "
         "Apps and Platform SDK versions), or the CPU reference compiler when there is no SDK root. Its data "
         "version is the compiler (Apps SDK) version.",
-        automation_condition=automation_condition,
     )
-    def qaic_sdk(context) -> dg.ObserveResult:
-        # data version = compiler version; a missing SDK records "SDK not found" and repeats the last
-        # data version, so it triggers no recompile (see qaic_assets/defs/automation.py)
-        from qaic_assets.defs.automation import observe_compiler
-
-        return observe_compiler(config, context.instance)
+    def qaic_sdk(context, toolchain: Toolchain) -> dg.ObserveResult:
+        return observe_compiler(toolchain, context.instance)
 
     return qaic_sdk

@@ -54,17 +54,7 @@ HOSTS = {"a": "qaic-host-a", "b": "qaic-host-b"}
 ORCHESTRATOR = r"""
 import json, sys
 import dagster as dg
-from dagster._core.storage.tags import get_multidimensional_partition_tag
-
-def tags_for(partition):
-    if not partition:
-        return {}
-    tags = {"dagster/partition": partition}
-    if "|" in partition:
-        batch, target = partition.split("|")
-        tags[get_multidimensional_partition_tag("batch")] = batch
-        tags[get_multidimensional_partition_tag("target")] = target
-    return tags
+from qaic_assets.defs.jobs import partition_run_tags as tags_for
 
 with dg.DagsterInstance.get() as instance:
     for item in json.loads(sys.argv[1]):
@@ -348,7 +338,8 @@ def deployment(servers, tmp_path_factory):
     workers = {}
     try:
         workers["a"] = Worker("qaic-a", [deploy.compile_queue(env), deploy.DEFAULT_QUEUE],
-                              dict(env, PYTHONPATH=str(slow), QAIC_TEST_SLOW_FLAG=str(base / "slow")),
+                              dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), env.get("PYTHONPATH")])),
+                                   QAIC_TEST_SLOW_FLAG=str(base / "slow")),
                               base / "worker-a.log", HOSTS["a"] if uts else None)
         workers["b"] = Worker("qaic-b", [deploy.compile_queue(env)], env, base / "worker-b.log",
                               HOSTS["b"] if uts else None)
@@ -442,7 +433,6 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     import dagster as dg
     import onnxruntime
     import psycopg2
-    from dagster._serdes import deserialize_value
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
     from qaic_assets.defs import executor as deploy
@@ -583,7 +573,7 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
         rows = cur.fetchall()
     in_db = {}
     for asset_key, partition, event in rows:
-        entry = deserialize_value(event, dg.EventLogEntry)
+        entry = dg.deserialize_value(event, dg.EventLogEntry)
         in_db.setdefault((json.loads(asset_key)[0], partition), []).append(entry.asset_materialization)
     assert set(in_db) == expected, sorted(in_db, key=str)
     run_fields = {"command", "argv", "backend", "sdk_version", "duration_s", "peak_rss_mb", "log_tail",
@@ -617,3 +607,209 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     pool = instance.event_log_storage.get_concurrency_info("qaic_compile")
     assert pool.limit == yaml.safe_load(DEPLOY_YAML.read_text())["concurrency"]["pools"]["default_limit"]
     assert pool.active_slot_count == 0 and pool.pending_step_count == 0
+
+
+# ------------------------------------------------------------ automation across hosts (issue 11)
+
+SENSOR_TICKS_QUERY = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status ticks(limit: 3) { status timestamp error { message } } } }
+  }
+}
+"""
+
+
+def _graphql(base: str, query: str, variables: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query, "variables": variables}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+class Service:
+    """A long-running Dagster process (daemon, webserver) in its own session, logging to a file."""
+
+    def __init__(self, cmd: list[str], env: dict, cwd: Path, log: Path):
+        self.log = log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            procs = _signal_tree(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_exact(procs | {p: _start_time(p) for p in _tree(self.proc.pid)}, signal.SIGKILL)
+            self.proc.wait(15)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def split_hosts(servers, tmp_path_factory):
+    """The deployment of docs/DEPLOY.md with the SDK only where compiles run: `dagster-daemon run` and
+    `dagster-webserver` (and the run processes they start) without an SDK, two celery workers with
+    the stand-in SDK (tests/fake_sdk). Its own Postgres database, so the other test's records stay apart."""
+    import dagster as dg
+    import psycopg2
+
+    from fake_sdk import TINY_CONFIG, write_tiny_files
+    from qaic_assets.defs import executor as deploy
+
+    base = tmp_path_factory.mktemp("split")
+    shared = base / "shared"
+    home = shared / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copyfile(DEPLOY_YAML, home / "dagster.yaml")
+    sdk = write_tiny_files(shared, TINY_CONFIG.format(backend="qaic", batch=[1, 2]))
+    (shared / "workspace.yaml").write_text("load_from:\n  - python_module: qaic_assets.definitions\n")
+    conn = psycopg2.connect(host="127.0.0.1", port=servers["pg_port"], user="dagster", dbname="dagster")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE automation")
+    conn.close()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QAIC_", "DAGSTER_", "FAKE_QAIC"))}
+    env.update({
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_HOST": "127.0.0.1", "DAGSTER_POSTGRES_PORT": str(servers["pg_port"]),
+        "DAGSTER_POSTGRES_USER": "dagster", "DAGSTER_POSTGRES_PASSWORD": "unused-trust-auth",
+        "DAGSTER_POSTGRES_DB": "automation",
+        deploy.EXECUTOR_ENV: "celery", deploy.BROKER_ENV: servers["redis_url"].replace("/0", "/1"),
+        "QAIC_ASSETS_CONFIG": str(shared / "qaic.yaml"),
+        "QAIC_SDK_ROOT": str(base / "no-sdk"),  # the daemon and webserver hosts: no SDK
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    compile_env = dict(env, QAIC_SDK_ROOT=str(sdk))  # the compile hosts: the stand-in SDK
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    workers, services = {}, {}
+    try:
+        workers["a"] = Worker("split-a", [deploy.compile_queue(env), deploy.DEFAULT_QUEUE], compile_env,
+                              base / "worker-a.log", None)
+        workers["b"] = Worker("split-b", [deploy.compile_queue(env)], compile_env, base / "worker-b.log", None)
+        for w in workers.values():
+            w.wait_ready()
+        port = _free_port()
+        services["daemon"] = Service([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, shared,
+                                     base / "daemon.log")
+        services["webserver"] = Service([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+                                         "-w", "workspace.yaml"], env, shared, base / "webserver.log")
+        webserver = f"http://127.0.0.1:{port}"
+
+        def up():
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(webserver + "/server_info", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        _wait_for(up, 120, "dagster-webserver", interval=1)
+        with dg.DagsterInstance.get() as instance:
+            yield {"env": env, "instance": instance, "sdk": sdk, "webserver": webserver, "base": base,
+                   "workers": workers}
+    finally:
+        for s in services.values():
+            s.stop()
+        for w in workers.values():
+            w.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def sensor_ticks(webserver: str) -> list[dict]:
+    """The automation sensor's latest ticks, as the webserver (no SDK on its host) reports them."""
+    from qaic_assets.defs.automation import SENSOR_NAME
+
+    selector = {"repositoryLocationName": "qaic_assets.definitions", "repositoryName": "__repository__",
+                "sensorName": SENSOR_NAME}
+    data = _graphql(webserver, SENSOR_TICKS_QUERY, {"selector": selector})["data"]["sensorOrError"]
+    assert data["__typename"] == "Sensor", data
+    assert data["sensorState"]["status"] == "RUNNING", data  # running by default
+    ticks = data["sensorState"]["ticks"]
+    failed = [t for t in ticks if t["status"] == "FAILURE"]
+    assert not failed, failed
+    return ticks
+
+
+def wait_for_sensor_tick_after(webserver: str, when: float, timeout: float = 180) -> None:
+    _wait_for(lambda: any(t["timestamp"] > when for t in sensor_ticks(webserver)), timeout,
+              "an automation sensor tick", interval=2)
+
+
+def test_sdk_upgrade_recompiles_the_built_partitions_through_the_workers(split_hosts):
+    """Daemon and webserver without the SDK; the SDK observed on a compile worker; an SDK upgrade
+    recompiles exactly the built profiles and binaries, profiles first, on the workers."""
+    import dagster as dg
+
+    from fake_sdk import read_calls, set_fake_sdk_version
+    from qaic_assets.defs.automation import AUTOMATION_TAG
+    from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key
+
+    instance, env, webserver = split_hosts["instance"], split_hosts["env"], split_hosts["webserver"]
+    built = ["bs1|offline-nsp14", "bs2|singlestream-nsp14"]  # of the 4 binaries
+    never = ["bs1|singlestream-nsp14", "bs2|offline-nsp14"]
+
+    def observations():
+        return instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SDK_KEY), limit=1).records
+
+    # 1. observe on a worker (the run process has no SDK), then build some partitions
+    (observed,) = orchestrate(env, [{"job": "observe_qaic_sdk"}])
+    assert observed["success"]
+    obs = observations()[0].asset_observation
+    assert obs.metadata["status"].value == "found" and obs.tags["dagster/data_version"] == "1.18.2.0.5"
+    assert set(celery_nodes(instance, observed["run_id"]).values()) <= {
+        f"{w.name}@{socket.gethostname()}" for w in split_hosts["workers"].values()}
+    assert celery_nodes(instance, observed["run_id"]), "the observation did not run on a celery worker"
+    runs = [{"job": "source_models"}] + [{"job": CALIB_JOB, "partition": b} for b in ("bs1", "bs2")]
+    runs += [{"job": COMPILE_JOB, "partition": p} for p in built]
+    assert all(r["success"] for r in orchestrate(env, runs))
+    n_calls = len(read_calls(split_hosts["sdk"]))
+    wait_for_sensor_tick_after(webserver, time.time())  # the sensor has seen the built state
+
+    # 2. the SDK is upgraded on the compile hosts and observed there
+    set_fake_sdk_version(split_hosts["sdk"], "1.19.0", "7")
+    assert orchestrate(env, [{"job": "observe_qaic_sdk"}])[0]["success"]
+    assert observations()[0].asset_observation.tags["dagster/data_version"] == "1.19.0.7"
+
+    def recompiled():
+        return all((m := latest(instance, binary_key("tiny"), p)) is not None
+                   and m.metadata["sdk_version"].value == "1.19.0.7" for p in built)
+
+    _wait_for(recompiled, 480, "the automation to recompile the built binaries", interval=3)
+    settled = time.time()
+    wait_for_sensor_tick_after(webserver, settled)
+    wait_for_sensor_tick_after(webserver, time.time())  # two more ticks: nothing else is requested
+    _wait_for(lambda: not instance.get_runs(dg.RunsFilter(statuses=[
+        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])), 120,
+        "runs to finish")
+
+    # exactly the built partitions, once each, profiles before the binaries that load them
+    for b in ("bs1", "bs2"):
+        assert count_materializations(instance, profile_key("tiny"), b) == 2
+        assert latest(instance, profile_key("tiny"), b).metadata["sdk_version"].value == "1.19.0.7"
+    for p in built:
+        assert count_materializations(instance, binary_key("tiny"), p) == 2
+    for p in never:
+        assert count_materializations(instance, binary_key("tiny"), p) == 0
+    calls = read_calls(split_hosts["sdk"])[n_calls:]
+    kinds = ["calibrate" if any(a.startswith("-dump-profile") for a in c["argv"]) else "compile" for c in calls]
+    assert kinds == ["calibrate"] * 2 + ["compile"] * 2, kinds
+    # launched by the daemon (the automation's run tag), the steps on the compile workers
+    automated = instance.get_runs(dg.RunsFilter(tags={AUTOMATION_TAG: "recompile"}))
+    assert automated and all(r.status == dg.DagsterRunStatus.SUCCESS for r in automated)
+    workers = {f"{w.name}@{socket.gethostname()}" for w in split_hosts["workers"].values()}
+    for run in automated:
+        nodes = set(celery_nodes(instance, run.run_id).values())
+        assert nodes and nodes <= workers, (run.run_id, nodes)

@@ -217,10 +217,9 @@ import sys
 
 def main():
     import dagster as dg
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     job, partition, *options = sys.argv[1:]
-    recon = ReconstructableRepository.for_module("qaic_assets.definitions", "defs").get_reconstructable_job(job)
+    recon = dg.build_reconstructable_job("qaic_assets.demo", "job_for", reconstructable_args=(job,))
     tags = {"dagster/partition": partition}
     if "|" in partition:
         batch, target = partition.split("|")

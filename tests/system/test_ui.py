@@ -84,10 +84,8 @@ def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
     """A materialized instance served by dagster-webserver; yields (base_url, project)."""
-    from dagster._core.instance.ref import InstanceRef
-
     project = write_tiny_project(tmp_path_factory.mktemp("ui") / "project", batch=[1, 2])
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(project.home))) as instance:
+    with dg.DagsterInstance.from_config(str(project.home)) as instance:
         project.instance = instance
         project.observe_sdk()
         project.materialize(source_key("tiny"))

@@ -1,0 +1,131 @@
+"""The definitions as a whole: the same on every host, host specifics as swappable resources, and
+runs launched the way scripts and the GraphQL API launch them."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from fake_sdk import make_fake_sdk
+from qaic_assets.defs import build_definitions
+from qaic_assets.defs.jobs import matrix_jobs
+from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
+from qaic_assets.defs.resources import ArtifactStore, Toolchain
+from qaic_assets.settings import DEFAULT_CONFIG, load_settings
+
+
+def graph_of(defs: dg.Definitions) -> dict:
+    """Everything about the asset graph a host could differ in: assets, deps, partitions, code
+    versions, conditions, checks, jobs, sensors and schedules."""
+    assets = {}
+    for spec in defs.resolve_all_asset_specs():
+        condition = spec.automation_condition
+        assets[spec.key.to_user_string()] = {
+            "deps": sorted(d.asset_key.to_user_string() for d in spec.deps),
+            "partitions": spec.partitions_def and list(spec.partitions_def.get_partition_keys()),
+            "code_version": spec.code_version,
+            "group": spec.group_name,
+            "kinds": sorted(spec.kinds),
+            "condition": condition and str(condition.get_snapshot()),
+        }
+    checks = sorted(f"{spec.asset_key.to_user_string()}:{spec.name}" for a in defs.assets
+                    if isinstance(a, dg.AssetsDefinition) for spec in a.check_specs)
+    return {"assets": assets, "checks": checks,
+            "jobs": sorted(j.name for j in defs.jobs), "sensors": sorted(s.name for s in defs.sensors),
+            "schedules": sorted((s.name, s.cron_schedule) for s in defs.schedules)}
+
+
+@pytest.mark.parametrize("backend", ["auto", "qaic", "cpu"])
+def test_definitions_do_not_depend_on_the_local_sdk(tmp_path, backend):
+    """The daemon and webserver hosts have no SDK, the compile hosts have one: same graph, checks
+    included (the accuracy check is declared from the configuration, not from the disk)."""
+    settings = load_settings(DEFAULT_CONFIG).model_copy(update={"backend": backend})
+    with_sdk = make_fake_sdk(tmp_path / "sdk")
+    graphs = [graph_of(build_definitions(settings.model_copy(update={"sdk_root": root})))
+              for root in (with_sdk, tmp_path / "no-sdk")]
+    assert graphs[0] == graphs[1]
+    assert f"resnet50/compiled_binary:{ACCURACY_CHECK_NAME}" in graphs[0]["checks"]
+    assert f"digits/compiled_binary:{ACCURACY_CHECK_NAME}" in graphs[0]["checks"]  # held-out set
+    assert str(with_sdk) not in repr(graphs[0]) and "no-sdk" not in repr(graphs[0])
+
+
+def test_resources_carry_the_host_specifics(tiny_project, tmp_path):
+    """Tests and deployments swap the toolchain and the store: the build runs that compiler and
+    writes under that root, with the same asset graph."""
+    project = tiny_project
+    other_store = tmp_path / "elsewhere"
+    other_sdk = make_fake_sdk(tmp_path / "other-sdk", version=("1.20.0", "3"))
+    defs = build_definitions(project.config, resources={
+        "toolchain": Toolchain(backend="qaic", sdk_root=str(other_sdk)),
+        "artifact_store": ArtifactStore(root=str(other_store))})
+    assert graph_of(defs) == graph_of(project.defs)
+    graph = defs.resolve_asset_graph()
+    for key, partition in ((source_key("tiny"), None), (profile_key("tiny"), "bs1"),
+                           (binary_key("tiny"), "bs1|offline-nsp14")):
+        assert dg.materialize([graph.get(key).assets_def], instance=project.instance, partition_key=partition,
+                              selection=[key]).success
+    meta = project.instance.fetch_materializations(binary_key("tiny"), limit=1).records[0].asset_materialization.metadata
+    assert meta["sdk_version"].value == "1.20.0.3"
+    assert meta["command"].value.split()[0] == str(other_sdk / "exec" / "qaic-exec")
+    assert meta["path"].value.startswith(str(other_store) + "/")
+    assert not (project.root / "store").exists()  # the settings' storage root is untouched
+
+
+def test_run_with_only_the_partition_tag(tiny_project):
+    """Scripts and the GraphQL API launch a binary partition with `dagster/partition` alone (no
+    per-dimension tags): the step gets a plain string key and still builds that partition."""
+    project = tiny_project
+    project.observe_sdk()
+    project.materialize(source_key("tiny"))
+    project.materialize(profile_key("tiny"), "bs2")
+    job = project.defs.resolve_job_def(matrix_jobs(project.config)["tiny"][1])
+    result = job.execute_in_process(instance=project.instance, tags={"dagster/partition": "bs2|offline-nsp14"})
+    assert result.success
+    records = project.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=binary_key("tiny"), asset_partitions=["bs2|offline-nsp14"]), limit=5).records
+    assert [r.run_id for r in records] == [result.run_id]
+    meta = records[0].asset_materialization.metadata
+    assert (meta["batch"].value, meta["scenario"].value, meta["nsp"].value) == (2, "offline", 14)
+    assert "/tiny/compiled/bs2/offline-nsp14/" in meta["path"].value
+
+
+def test_partition_run_tags_use_the_public_tag_names():
+    from qaic_assets.defs.jobs import partition_run_tags
+
+    assert partition_run_tags("bs8|offline-nsp14") == {
+        "dagster/partition": "bs8|offline-nsp14", "dagster/partition/batch": "bs8",
+        "dagster/partition/target": "offline-nsp14"}
+    assert partition_run_tags("bs8") == {"dagster/partition": "bs8"}
+    assert partition_run_tags(None) == {}
+
+
+@pytest.mark.parametrize("backend", ["qaic", "cpu"])
+def test_accuracy_check_declared_everywhere_evaluated_for_cpu_builds_only(tiny_project, backend):
+    """A model with a held-out set has the accuracy check on every host; a binary built by the SDK's
+    qaic-exec (not runnable here) succeeds without a check result, so the check shows as not
+    evaluated; a CPU build evaluates it in the same step."""
+    project = tiny_project
+    project.config_path.write_text(project.config_path.read_text().replace(
+        "    calibration: {list: cal/cal.txt}\n", "    calibration: {list: cal/cal.txt}\n    heldout: {list: cal/cal.txt}\n"))
+    defs = build_definitions(project.config, resources={
+        "toolchain": Toolchain(backend=backend, sdk_root=str(project.sdk))})
+    project._defs = defs
+    checks = [spec.name for a in defs.assets if isinstance(a, dg.AssetsDefinition) for spec in a.check_specs]
+    assert checks == [ACCURACY_CHECK_NAME]
+    project.observe_sdk()
+    project.materialize(source_key("tiny"))
+    project.materialize(profile_key("tiny"), "bs1")
+    result = project.materialize(binary_key("tiny"), "bs1|offline-nsp14")
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert latest_backend(project) == backend
+    if backend == "qaic":
+        assert evaluations == []
+    else:
+        assert [e.check_name for e in evaluations] == [ACCURACY_CHECK_NAME]
+        assert "score" in evaluations[0].metadata
+
+
+def latest_backend(project) -> str:
+    record = project.instance.fetch_materializations(binary_key("tiny"), limit=1).records[0]
+    return record.asset_materialization.metadata["backend"].value

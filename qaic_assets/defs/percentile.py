@@ -8,8 +8,10 @@ import dagster as dg
 from qaic_assets.build import sweep
 from qaic_assets.defs.keys import POOL, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
+from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.defs.results import BuildOptions, as_failure, code_version
 from qaic_assets.hashing import hash_json
+from qaic_assets.qaic.commands import number_text
 from qaic_assets.settings import Settings, parse_batch_key
 
 
@@ -34,9 +36,11 @@ def percentile_asset(project: Settings, model: str, op_tags: dict, automation_co
                     f"for {model}: each compiled from the batch's profile on the CPU reference compiler and "
                     "measured against fp32 on held-out inputs.",
     )
-    def percentile_choice(context: dg.AssetExecutionContext, config: BuildOptions) -> dg.MaterializeResult:
+    def percentile_choice(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
+                          artifact_store: ArtifactStore) -> dg.MaterializeResult:
+        settings = effective_settings(project, toolchain, artifact_store)  # the storage root of this host
         with as_failure():
-            choice = sweep.run_sweep(project, model, parse_batch_key(context.partition_key),
+            choice = sweep.run_sweep(settings, model, parse_batch_key(context.partition_key),
                                      run_id=context.run.run_id, force=config.force, log=context.log)
         return dg.MaterializeResult(metadata=choice_metadata(choice), data_version=dg.DataVersion(
             hash_json({"chosen": choice["chosen"], "profile": choice["profile"]["sha256"]}, length=32)))
@@ -55,7 +59,7 @@ def choice_metadata(choice: dict) -> dict:
         "chosen_score": float(choice["score"]),
         "metric": choice["metric"],
         "candidates": dg.MetadataValue.table(rows, schema),
-        **{f"score_p{r['percentile']:g}": float(r["score"]) for r in choice["table"] if r["score"] is not None},
+        **{f"score_p{number_text(r['percentile'])}": float(r["score"]) for r in choice["table"] if r["score"] is not None},
         "profile_sha256": choice["profile"]["sha256"],
         "profile": dg.MetadataValue.asset(profile_key(choice["model"])),
         "target": choice["target"],

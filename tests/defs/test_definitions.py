@@ -11,6 +11,7 @@ from qaic_assets.defs import build_definitions
 from qaic_assets.defs.jobs import matrix_jobs
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
 from qaic_assets.defs.resources import ArtifactStore, Toolchain
+from qaic_assets.defs.sdk_checks import FITS_TARGET
 from qaic_assets.settings import DEFAULT_CONFIG, load_settings
 
 
@@ -111,7 +112,7 @@ def test_accuracy_check_declared_everywhere_evaluated_for_cpu_builds_only(tiny_p
         "toolchain": Toolchain(backend=backend, sdk_root=str(project.sdk))})
     project._defs = defs
     checks = [spec.name for a in defs.assets if isinstance(a, dg.AssetsDefinition) for spec in a.check_specs]
-    assert checks == [ACCURACY_CHECK_NAME]
+    assert checks == [ACCURACY_CHECK_NAME, FITS_TARGET]  # the config's backend is `qaic`: the SDK checks too
     project.observe_sdk()
     project.materialize(source_key("tiny"))
     project.materialize(profile_key("tiny"), "bs1")
@@ -119,8 +120,8 @@ def test_accuracy_check_declared_everywhere_evaluated_for_cpu_builds_only(tiny_p
     assert result.success
     evaluations = result.get_asset_check_evaluations()
     assert latest_backend(project) == backend
-    if backend == "qaic":
-        assert evaluations == []
+    if backend == "qaic":  # the SDK's tool checks what the SDK built; no accuracy result
+        assert [e.check_name for e in evaluations] == [FITS_TARGET]
     else:
         assert [e.check_name for e in evaluations] == [ACCURACY_CHECK_NAME]
         assert "score" in evaluations[0].metadata

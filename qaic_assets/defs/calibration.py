@@ -6,6 +6,7 @@ import dagster as dg
 from qaic_assets.build import service
 from qaic_assets.defs.keys import POOL, SDK_KEY, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
+from qaic_assets.defs.metadata import labels, stored_path
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
 from qaic_assets.settings import Settings, parse_batch_key
 
@@ -32,9 +33,10 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
                                       force=config.force, log=context.log)
         manifest = built.manifest
         return dg.MaterializeResult(
-            metadata=build_metadata(manifest, built.cached) | {
+            metadata=build_metadata(project, manifest, built.cached) | {
                 "model_sha256": built.source.sha256,
-                "calibration_list": dg.MetadataValue.path(str(built.extra["list_file"])),
+                "calibration_list": stored_path(project, built.extra["list_file"]),
+                **labels(batch=parse_batch_key(context.partition_key)),
                 "calibration_sha256": built.extra["selection"],
                 "calibration_samples": manifest["extra"]["samples"],
                 "calibration_batches": manifest["extra"]["batches"],

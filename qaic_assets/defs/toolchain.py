@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import dagster as dg
 
+from qaic_assets.defs.beta import our_beta_apis
 from qaic_assets.defs.executor import compile_op_tags
 from qaic_assets.defs.keys import SDK_KEY
 from qaic_assets.settings import Settings
 
 
 def sdk_asset(config: Settings, automation_condition=None) -> dg.SourceAsset:
+    with our_beta_apis():
+        return _sdk_asset(config, automation_condition)
+
+
+def _sdk_asset(config: Settings, automation_condition=None) -> dg.SourceAsset:
     @dg.observable_source_asset(
         key=SDK_KEY,
         op_tags=compile_op_tags(),  # read the SDK version where compiles run

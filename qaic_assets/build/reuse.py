@@ -35,9 +35,32 @@ def stat_key(path: str | Path) -> list[int] | None:
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
+def _list_stat(list_file: str | Path) -> list | None:
+    """Stat keys of an input list and of every raw file it names (a calibration set)."""
+    from qaic_assets.qaic.formats.rawdata import RawDataError, read_input_list
+
+    try:
+        files = [f for line in read_input_list(list_file) for f in line]
+    except (OSError, RawDataError):
+        return None
+    keys = [stat_key(list_file), *(stat_key(f) for f in files)]
+    return None if None in keys else keys
+
+
+def input_stat(spec) -> list | None:
+    """The stat key of an input: a file (`path`), or a list file and the files it names (`list`)."""
+    if not isinstance(spec, dict):
+        return None
+    if "path" in spec:
+        return stat_key(spec["path"])
+    if "list" in spec:
+        return _list_stat(spec["list"])
+    return None
+
+
 def input_stats(inputs: dict) -> dict:
-    """The stat key of every input that names a file (`path`)."""
-    return {name: stat_key(spec["path"]) for name, spec in inputs.items() if isinstance(spec, dict) and "path" in spec}
+    """The stat key of every input that names files."""
+    return {name: input_stat(spec) for name, spec in inputs.items()}
 
 
 def applied_argv(argv: list[str]) -> list[str] | None:
@@ -94,21 +117,24 @@ def link_build(source_dir: Path, tmp: Path, output: str, expected_sha256: str, l
 
 
 def fresh_build(directory: Path, output: str, argv: list[str], compiler: tuple[str, str],
-                current_inputs: dict | None = None) -> dict | None:
+                input_paths: dict[str, str] | None = None) -> dict | None:
     """The manifest of `directory` when its build is up to date without hashing anything: same argv
-    and compiler, every recorded input file still has its recorded stat key (its sha256 is then the
-    recorded one), `current_inputs` (inputs without a file, e.g. a calibration selection) equal the
-    recorded ones, and the output still has its recorded stat key. None otherwise (then a run decides)."""
+    and compiler, every recorded input (file, or list file and the files it names) still has its
+    recorded stat key, so its sha256 is the recorded one; `input_paths` (name -> path the build would
+    read now) match the recorded ones; the output still has its recorded stat key. None otherwise:
+    then a run decides, by sha256. (A file rewritten in place with the same size and mtime is not
+    seen here; `force` rebuilds.)"""
     manifest = read_manifest(directory)
     if not manifest or "stat" not in manifest.get("output", {}) or manifest.get("argv") != argv:
         return None
     inputs = manifest.get("inputs", {})
     stats = manifest.get("input_stats", {})
-    if any(stat_key(spec["path"]) != stats.get(name) or stats.get(name) is None
-           for name, spec in inputs.items() if isinstance(spec, dict) and "path" in spec):
+    if any(stats.get(name) is None or input_stat(spec) != stats[name] for name, spec in inputs.items()):
         return None
-    if current_inputs and any(inputs.get(name) != value for name, value in current_inputs.items()):
-        return None
+    for name, path in (input_paths or {}).items():
+        spec = inputs.get(name, {})
+        if str(path) not in (spec.get("path"), spec.get("list")):
+            return None
     if manifest.get("cache_key") != cache_key(argv, compiler, inputs):
         return None
     if stat_key(directory / output) != manifest["output"]["stat"]:

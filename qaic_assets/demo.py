@@ -147,7 +147,8 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     from qaic_assets.definitions import defs
 
     runs = plan_runs(config)
-    freshness = Freshness(config, instance)
+    graph = defs.resolve_asset_graph()
+    freshness = Freshness(config, instance, {s.key: graph.get(s.key).code_version for r in runs for s in r.steps})
     progress = progress or PlainProgress(len(runs), sum(len(r.steps) for r in runs))
     outcomes = []
     for run in runs:

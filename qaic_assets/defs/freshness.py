@@ -34,20 +34,24 @@ class Step:
     partition: str | None = None
 
 
-def _latest_sha256(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> str | None:
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> tuple[str | None, str | None]:
+    """(sha256, code version) recorded by the latest materialization of that partition."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
     if not records:
-        return None
-    value = records[0].asset_materialization.metadata.get("sha256")
-    return value.value if value is not None else None
+        return None, None
+    materialization = records[0].asset_materialization
+    value = materialization.metadata.get("sha256")
+    return (value.value if value is not None else None), (materialization.tags or {}).get("dagster/code_version")
 
 
 class Freshness:
     """Answers `up_to_date(step)` for one demo; remembers what it learnt (the compiler, the manifests)."""
 
-    def __init__(self, config: Settings, instance: dg.DagsterInstance):
+    def __init__(self, config: Settings, instance: dg.DagsterInstance, code_versions: dict | None = None):
+        """`code_versions`: asset key -> its code version now (a changed one is never up to date)."""
         self.config, self.instance = config, instance
+        self.code_versions = code_versions or {}
         self._compiler: Backend | None = None
         self._fresh_models: dict[str, bool] = {}
 
@@ -88,7 +92,7 @@ class Freshness:
         """The file is the one the builds recorded (path, stat key) and the instance has its sha256."""
         if model not in self._fresh_models:
             path = str(model_inputs(self.config, model).model)
-            recorded = _latest_sha256(self.instance, source_key(model), None)
+            recorded = self._recorded(source_key(model), None)
             self._fresh_models[model] = recorded is not None and any(
                 m["inputs"]["model"] == {"path": path, "sha256": recorded}
                 and m.get("input_stats", {}).get("model") == stat_key(path)
@@ -113,7 +117,7 @@ class Freshness:
                  "calibration": model_inputs(self.config, model).calibration_list}
         manifest = fresh_build(command.cwd, command.output, command.argv, self._compiler_id(), paths)
         return manifest is not None and self._source(model) and \
-            _latest_sha256(self.instance, profile_key(model), partition) == manifest["output"]["sha256"]
+            self._recorded(profile_key(model), partition) == manifest["output"]["sha256"]
 
     def _binary(self, model: str, partition: str) -> bool:
         batch_part, target = partition.split("|")
@@ -125,4 +129,9 @@ class Freshness:
             paths["profile"] = calibration_dir(self.config, model, batch) / PROFILE_FILE
         manifest = fresh_build(command.cwd, command.output, command.argv, self._compiler_id(), paths)
         return manifest is not None and self._source(model) and \
-            _latest_sha256(self.instance, binary_key(model), partition) == manifest["output"]["sha256"]
+            self._recorded(binary_key(model), partition) == manifest["output"]["sha256"]
+
+    def _recorded(self, key: dg.AssetKey, partition: str | None) -> str | None:
+        """The sha256 the instance holds for that partition, when recorded under today's code version."""
+        sha, code_version = _latest(self.instance, key, partition)
+        return sha if code_version == self.code_versions.get(key, code_version) else None

@@ -62,16 +62,26 @@ class LiveProgress(PlainProgress):
     def __init__(self, total_runs: int, total_steps: int, out: TextIO | None = None):
         super().__init__(total_runs, total_steps, out)
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.text import Text
+
+        running = self.running = {}
+
+        class Running(ProgressColumn):  # the steps running now, with their time so far (each refresh)
+            def render(self, task) -> Text:
+                if task.description != "steps" or not running:
+                    return Text("")
+                now = time.monotonic()
+                return Text("running: " + ", ".join(f"{label} {now - t:.0f}s" for label, t in list(running.items())),
+                            style="cyan")
 
         self.console = Console(file=self.out)
         self.progress = Progress(TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[now]}"), console=self.console, refresh_per_second=4)
-        self.steps = self.progress.add_task("steps", total=total_steps, now="")
-        self.runs = self.progress.add_task("runs", total=total_runs, now="")
-        self.running: dict[str, float] = {}
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), Running(),
+                                 console=self.console, refresh_per_second=4)
+        self.steps = self.progress.add_task("steps", total=total_steps)
+        self.runs = self.progress.add_task("runs", total=total_runs)
 
     def __enter__(self):
         self.progress.start()
@@ -80,11 +90,6 @@ class LiveProgress(PlainProgress):
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def _show_running(self) -> None:
-        now = time.monotonic()
-        text = ", ".join(f"{label} {now - t:.0f}s" for label, t in self.running.items())
-        self.progress.update(self.steps, now=f"running: {text}" if text else "")
-
     def run_done(self) -> None:
         with self._lock:
             self.progress.advance(self.runs)
@@ -92,7 +97,6 @@ class LiveProgress(PlainProgress):
     def step_started(self, label: str) -> None:
         with self._lock:
             self.running[label] = time.monotonic()
-            self._show_running()
 
     def step_done(self, label: str, status: str, seconds: float | None = None, note: str = "") -> None:
         from rich.text import Text
@@ -104,7 +108,6 @@ class LiveProgress(PlainProgress):
             line.append(step_line(status, label, seconds, note)[len(status) + 2:])
             self.console.print(line)
             self.progress.advance(self.steps)
-            self._show_running()
 
 
 def progress_for(total_runs: int, total_steps: int, out: TextIO | None = None) -> PlainProgress:

@@ -101,3 +101,17 @@ def test_progress_is_live_on_a_terminal_and_plain_otherwise():
     text = live.getvalue()
     assert "[ok] tiny/source_model (0.5s)" in text and "[FAILED] qaic_sdk (0.1s): no SDK" in text
     assert "2/2" in text and "1/1" in text and "\x1b[" in text  # a live, coloured display
+
+
+def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
+    project = write_tiny_project(tmp_path / "project", batch=[1])
+    (project.sdk / "exec" / "qaic-exec").unlink()  # the SDK is gone: every build fails, saying why
+    done = _demo(project)
+    assert done.returncode == 1
+    steps = _steps(done.stdout)
+    assert len(steps) == 5  # qaic_sdk, source, 1 profile, 2 binaries: still one line each
+    failed = [line for line in done.stdout.splitlines() if line.startswith("[FAILED] tiny/calibration_profile bs1")]
+    assert len(failed) == 1 and "qaic-exec does not exist" in failed[0]
+    assert "Traceback" not in done.stdout + done.stderr and "SdkError" not in done.stdout + done.stderr
+    assert "failed runs: calibration_profiles bs1" in done.stdout
+    assert "SdkError" in (project.home / "logs" / "demo.log").read_text()  # the stack traces are kept there

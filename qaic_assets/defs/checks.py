@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from qaic_assets.build.accuracy import evaluate, threshold
+from qaic_assets.defs.keys import ACCURACY_CHECK_NAME
 from qaic_assets.settings import Settings
 
 
@@ -26,6 +27,7 @@ def accuracy_check(config: Settings, model: str, argv: list[str], binary: Path, 
                                       "accuracy_fp32", "accuracy_compiled", "accuracy_ratio", "samples")
                if result.get(k) is not None}
     return dg.AssetCheckResult(
+        check_name=ACCURACY_CHECK_NAME,
         passed=bool(result["score"] is not None and result["score"] >= limit),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={**numbers, "metric": result["metric"], "threshold": limit,

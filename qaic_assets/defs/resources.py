@@ -27,7 +27,7 @@ class Toolchain(dg.ConfigurableResource):
     sdk_root: str = "/opt/qti-aic"
     # which SDK compiler: auto = exec/qaic-compile when the SDK has it, else exec/qaic-exec
     compiler: Literal["auto", "qaic-exec", "qaic-compile"] = "auto"
-    calibration_compiler: Literal["auto", "qaic-exec", "qaic-compile"] | None = None  # None: as `compiler`
+    calibration_compiler: str | None = None  # auto | qaic-exec | qaic-compile; None: as `compiler`
 
 
 class ArtifactStore(dg.ConfigurableResource):

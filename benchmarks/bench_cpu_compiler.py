@@ -70,7 +70,7 @@ def ort_quantize_static(model_path, batched_list: Path, argv: list[str], out: Pa
     `method` MinMax (ranges only) or Percentile (histograms: ORT's fixed 2048 bins, 99.999)."""
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-    from qaic_assets.cpu_compiler import calibrate as cal
+    from qaic_assets.cpu_compiler import graph as cal
     from qaic_assets.qaic.formats import rawdata
     from qaic_assets.qaic.flags import parse_argv
 
@@ -163,7 +163,7 @@ def latency_ms(session_input, feeds: dict, budget_s: float = 2.0, min_runs: int 
 
 
 def bench_one(config, model: str, batch: int, work: Path, repeat: int, percentile: bool = True) -> dict:
-    from qaic_assets.cpu_compiler import calibrate as cal
+    from qaic_assets.cpu_compiler import graph as cal
     from qaic_assets.qaic.formats import rawdata
     from qaic_assets.build.accuracy import compare
     from qaic_assets.build.service import sample_sizes

@@ -1,16 +1,15 @@
-"""Benchmark child: run the matrix's compiler commands directly, without Dagster.
-
-The same argv lists (`plan.calibrate_command` / `plan.compile_command`, i.e. what `plan_target` gives)
-in the same cwd layout (a temp dir beside the final dir, renamed into place), with the calibration
-inputs batched as the op does (`calibration_inputs.prepare_batched_inputs`), and the same accuracy
-check after each CPU compile (`checks.accuracy_check`, as the compile op does) unless --no-check.
+"""Benchmark child: the matrix built directly, without Dagster, through the same build service the
+assets call (`build/service.py`: same planning, hashing, manifest, cache, locks, temporary dir
+renamed into place, identical CPU builds shared), and the same accuracy evaluation after each CPU
+compile (`build/accuracy.evaluate`, as the compile op does) unless --no-check. The difference to the
+Dagster mode is then only Dagster: runs, step processes, event log, and the demo's own bookkeeping.
 
 Modes:
   parallel  the runs `make demo` makes, in the same order (sources; one group per calibration batch;
             one group per (batch, target)), each group on 2 long-lived worker processes, a barrier
             between groups, as Dagster runs them one after another with max_concurrent=2;
   free      one pool of 2 workers, no barriers: a compile starts as soon as its profile exists;
-  serial    one command after another in this process (the seed's CM loop).
+  serial    one unit after another in this process (the seed's CM loop).
 
 Prints one JSON line: wall time, per-phase wall times, per-unit timings.
 """
@@ -20,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -41,91 +38,49 @@ def _config():
 def _warm(_: int) -> int:
     """Import what the units need in a worker (outside the timed region) and hold it a moment, so
     both workers of the pool are started."""
-
+    from qaic_assets.build import accuracy, service  # noqa: F401
 
     _config()
     time.sleep(0.5)
     return os.getpid()
 
 
-def _swap_into_place(tmp, final) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-
-
-def _fresh_tmp(final):
-    tmp = final.parent / f".{final.name}.direct"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def source_unit(model: str) -> dict:
-    """What the op's `ensure_source` does once per model: make the source present and describe it."""
-    from qaic_assets.build.sources import ensure_source
+    """What the source op does: make the source present, verify and describe it."""
+    from qaic_assets.build import service
 
     t0 = time.time()
-    source = ensure_source(_config(), model)
-    return {"unit": f"source {model}", "start": t0, "end": time.time(), "description": source.description,
-            "sha256": source.sha256}
+    source = service.source(_config(), model)
+    return {"unit": f"source {model}", "start": t0, "end": time.time(), "sha256": source.sha256}
 
 
-def calibrate_unit(model: str, batch: int, description: dict) -> dict:
-    from qaic_assets.build.service import sample_sizes
-    from qaic_assets.qaic.formats.batching import prepare_batched_inputs
-    from qaic_assets.qaic.commands import BATCHED_LIST_FILE
-    from qaic_assets.build.plan import calibrate_command
-    from qaic_assets.build.store import model_inputs
-    from qaic_assets.qaic.sdk import select_backend
+def calibrate_unit(model: str, batch: int) -> dict:
+    from qaic_assets.build import service
+
+    t0 = time.time()
+    built = service.calibrate(_config(), model, batch)
+    return {"unit": f"calibrate {model} bs{batch}", "start": t0, "end": time.time(), "cached": built.cached,
+            "compiler_s": 0.0 if built.cached else built.manifest["duration_s"]}
+
+
+def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool) -> dict:
+    from qaic_assets.build import service
 
     config = _config()
     t0 = time.time()
-    backend = select_backend(config.backend, config.sdk_root)
-    cmd = calibrate_command(config, backend, model, batch)
-    calib = config.model(model).calibration
-    tmp = _fresh_tmp(cmd.cwd)
-    prepare_batched_inputs(model_inputs(config, model).calibration_list, batch, tmp,
-                           input_sizes=sample_sizes(description, cmd.argv),
-                           first=calib.first if calib else None, filter_size=calib.filter_size if calib else None)
-    t1 = time.time()
-    subprocess.run(cmd.argv, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=True)
-    t2 = time.time()
-    shutil.rmtree(tmp / "raw", ignore_errors=True)
-    (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
-    _swap_into_place(tmp, cmd.cwd)
-    return {"unit": f"calibrate {model} bs{batch}", "start": t0, "end": time.time(),
-            "prepare_s": t1 - t0, "compiler_s": t2 - t1}
-
-
-def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool, source_sha256: str) -> dict:
-    from qaic_assets.build.plan import compile_command
-    from qaic_assets.qaic.sdk import select_backend
-
-    config = _config()
-    t0 = time.time()
-    backend = select_backend(config.backend, config.sdk_root)
-    cmd = compile_command(config, backend, model, batch, scenario, nsp)
-    tmp = _fresh_tmp(cmd.cwd)
-    subprocess.run(cmd.argv, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=True)
-    t1 = time.time()
-    _swap_into_place(tmp, cmd.cwd)
-    result = {"unit": f"compile {model} bs{batch}|{scenario}-nsp{nsp}", "start": t0, "compiler_s": t1 - t0}
+    built = service.compile(config, model, batch, scenario, nsp)
+    result = {"unit": f"compile {model} bs{batch}|{scenario}-nsp{nsp}", "start": t0, "cached": built.cached,
+              "same_build_as": built.same_build_as,
+              "compiler_s": 0.0 if built.cached else built.manifest["duration_s"]}
     cfg = config.model(model)
-    if check and backend.name == "cpu" and (cfg.heldout or cfg.source.standin):
-        from qaic_assets.defs.checks import accuracy_check
+    if check and built.manifest["backend"] == "cpu" and (cfg.heldout or cfg.source.standin):
+        from qaic_assets.build.accuracy import evaluate
 
         c0 = time.time()
-        # as the op: the binary's sha256 (the op has it from its manifest) keys the stored result
-        from qaic_assets.hashing import sha256_file
-
-        binary = cmd.cwd / cmd.output
-        outcome = accuracy_check(config, model, cmd.argv, binary, batch, binary_sha256=sha256_file(binary),
-                                 source_sha256=source_sha256)
-        result["check_cached"] = outcome.metadata["cached"].value
+        _, cached = evaluate(config, model, built.command.argv, built.output, batch,
+                             binary_sha256=built.manifest["output"]["sha256"], source_sha256=built.source.sha256)
+        result["check_cached"] = cached
         result["check_s"] = time.time() - c0
-        result["check_passed"] = outcome.passed
     result["end"] = time.time()
     return result
 
@@ -162,10 +117,10 @@ def main() -> int:
 
 
 
+    from qaic_assets.build import accuracy, service  # noqa: F401  (imports outside the timed region)
+
     config = _config()
     plan = groups(config)
-    descriptions: dict[str, dict] = {}
-    shas: dict[str, str] = {}
     units: list[dict] = []
     phases: list[dict] = []
 
@@ -174,15 +129,12 @@ def main() -> int:
         if kind == "source":
             fn, a = source_unit, (u[1],)
         elif kind == "calibrate":
-            fn, a = calibrate_unit, (u[1], u[2], descriptions[u[1]])
+            fn, a = calibrate_unit, (u[1], u[2])
         else:
-            fn, a = compile_unit, (*u[1:], check, shas[u[1]])
+            fn, a = compile_unit, (*u[1:], check)
         return pool.submit(fn, *a) if pool else fn(*a)
 
     def record(r):
-        if "description" in r:
-            descriptions[r["unit"].split(" ", 1)[1]] = r.pop("description")
-            shas[r["unit"].split(" ", 1)[1]] = r.pop("sha256")
         units.append(r)
 
     pool = None

@@ -9,27 +9,31 @@ regenerates them) and, for Dagster, an empty DAGSTER_HOME with the project's dag
                  with the demo's step start method (forkserver, preloaded definitions)
   dagster-spawn  the same with Dagster's default start method, spawn (a fresh interpreter per step):
                  the "before" of the optimisation
-  direct         the same argv lists in the same cwd layout (temp dir renamed into place), calibration
-                 inputs batched by `prepare_batched_inputs`, in the same groups and order as the runs,
-                 each group on 2 long-lived worker processes with a barrier between groups
-  serial         the same commands one after another (the seed's CM loop)
+  direct         the same builds through the same build service the assets call (build/service.py: same
+                 argv, hashing, manifest, cache, locks, shared identical CPU builds), in the same groups
+                 and order as the runs, each group on 2 long-lived worker processes with a barrier
+                 between groups: the difference is Dagster and the demo's bookkeeping only
+  serial         the same builds one after another (the seed's CM loop)
   <mode>+before  (--before) the same with two of the optimisations undone in every process
                  (benchmarks/common.py: before_env): ONNX Runtime's default thread spinning in calibration
                  and accuracy-check sessions, and Dagster's step-key order instead of the config order
                  (step priorities). `dagster-spawn+before` is the code before the optimisations (except
                  the content-addressed check results, which it keeps); `+spin` / `+noprio` undo one
 
-The accuracy check (fp32 vs int8 on the held-out set, `checks.accuracy_check`) is work the compile op
+The accuracy check (fp32 vs int8 on the held-out set, `build/accuracy.evaluate`) is work the compile op
 does on the CPU backend, so direct and serial do it too, after each compile: it is in every mode.
 
-Compiler invocations are counted by a wrapper `qaic-exec-cpu` (see benchmarks/common.py). After the
-`dagster` mode the matrix is materialized a second time with nothing changed (item 3).
+Compiler invocations are counted by a wrapper `qaic-exec-cpu` (see benchmarks/common.py). After every
+`dagster` round the matrix is materialized again with nothing changed (item 3), the way `make demo`
+runs it (up to date is decided before launching a run). The rounds are interleaved (the mode order
+rotates) and the summary gives median [min-max]; a ratio pairs the two modes of one round. The
+targets are printed with the measured values.
 
-    python -m benchmarks.bench_orchestration [--quick] [--before] [--modes dagster,dagster-spawn,direct,serial]
-                                             [--rounds N] [--json FILE]
+    python -m benchmarks.bench_orchestration [--quick] [--before] [--modes dagster,direct,dagster-spawn,serial]
+                                             [--rounds N (default 5)] [--json FILE]
 
-Run time on the 2-core benchmark machine: about 7 minutes (full matrix, 1 round), 12 with --before;
---quick (digits and bert-99 only) about 1.5 minutes.
+Run time on the shared 2-core machine: about 3 minutes per round of the full matrix (dagster + direct +
+re-run); --quick (digits and bert-99 only) about 1 minute per round.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from pathlib import Path
 from benchmarks import common
 
 ALL_MODES = ["dagster", "dagster-spawn", "direct", "serial"]
+DEFAULT_MODES = ["dagster", "direct"]
 BEFORE_MODES = ["dagster-spawn+before", "direct+before", "serial+before"]
 QUICK_MODELS = ["digits", "bert-99"]
 
@@ -109,17 +114,24 @@ def direct_breakdown(r: dict) -> dict:
     return {"units": len(units), "unit_s": sum(u["end"] - u["start"] for u in units),
             "check_s": sum(u.get("check_s", 0.0) for u in units),
             "checks": sum("check_s" in u for u in units),
-            "checks_reused": sum(bool(u.get("check_cached")) for u in units)}
+            "checks_reused": sum(bool(u.get("check_cached")) for u in units),
+            "shared": sum(bool(u.get("same_build_as")) for u in units)}
+
+
+def spread(xs) -> str:
+    """median [min-max] of a list of numbers."""
+    xs = sorted(xs)
+    return f"{common.median(xs):.2f} [{xs[0]:.2f}-{xs[-1]:.2f}]" if xs else "-"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"models {','.join(QUICK_MODELS)} only")
-    ap.add_argument("--modes", default=",".join(ALL_MODES))
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"of {','.join(ALL_MODES)} (+before variants)")
     ap.add_argument("--before", action="store_true",
-                    help=f"also {', '.join(BEFORE_MODES)}: the code before the optimisations")
-    ap.add_argument("--rounds", type=int, default=1, help="repeat every mode, rotating the order; medians")
-    ap.add_argument("--no-rerun", action="store_true", help="skip the nothing-changed re-materialization")
+                    help=f"also {', '.join(BEFORE_MODES)}: the code before the first optimisations")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the order rotates); medians")
+    ap.add_argument("--no-rerun", action="store_true", help="skip the nothing-changed re-materializations")
     ap.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -132,11 +144,11 @@ def main() -> int:
     models = QUICK_MODELS if args.quick else list(load_settings(common.DEFAULT_CONFIG).model_names)
     modes = args.modes.split(",") + (BEFORE_MODES if args.before else [])
     print(f"matrix: models {', '.join(models)}; the default config's scenarios/nsp/batch sizes; "
-          f"modes {', '.join(modes)}; {args.rounds} round(s)", flush=True)
+          f"modes {', '.join(modes)}; {args.rounds} interleaved round(s)", flush=True)
     common.standin_cache(args.work, [m for m in models if m in common.STANDIN_MODELS])
 
     results: dict[str, list[dict]] = defaultdict(list)
-    rerun = None
+    reruns: list[dict] = []
     for i in range(args.rounds):
         order = modes[i % len(modes):] + modes[:i % len(modes)]
         for mode in order:
@@ -144,84 +156,59 @@ def main() -> int:
             print(f"  round {i + 1} {mode}: {r['wall_s']:.1f} s, {len(r['calls'])} compiler calls, "
                   f"load {r['load_median']}", file=sys.stderr, flush=True)
             results[mode].append(r)
-            if mode == "dagster" and i == args.rounds - 1 and not args.no_rerun:
-                rerun = rerun_dagster(r, shadow)
-                print(f"  again, nothing changed: {rerun['wall_s']:.1f} s, {len(rerun['calls'])} compiler calls",
-                      file=sys.stderr, flush=True)
+            if mode == "dagster" and not args.no_rerun:
+                again = rerun_dagster(r, shadow)
+                reruns.append(again)
+                print(f"  round {i + 1} again, nothing changed: {again['wall_s']:.2f} s, "
+                      f"{len(again['calls'])} compiler calls", file=sys.stderr, flush=True)
 
-    wall = {m: common.median(r["wall_s"] for r in rs) for m, rs in results.items()}
     loads = [x["load_median"] for rs in results.values() for x in rs]
-    print(f"\nload average (1 min) during the runs: median {common.median(loads):.2f} "
-          f"(includes the benchmark's own 2 workers); {args.rounds} round(s), median wall times\n")
+    print(f"\nload average (1 min) during the runs: median {common.median(loads):.2f}, max "
+          f"{max(x['load_max'] for rs in results.values() for x in rs):.2f} (includes the benchmark's own 2 "
+          f"workers; the machine is shared with other jobs); {args.rounds} interleaved round(s)\n")
 
     rows = []
     for m in modes:
         rs = results[m]
         calls = rs[-1]["calls"]
-        row = [m, f"{wall[m]:.1f}", len(calls), sum(c.kind == "calibrate" for c in calls),
-               f"{sum(c.seconds for c in calls):.1f}"]
-        suffix = "+before" if m.endswith("+before") else ""  # other variants: against plain direct
-        direct, serial = wall.get("direct" + suffix), wall.get("serial" + suffix)
-        row.append(f"{wall[m] / direct:.3f}" if direct else "-")
-        row.append(f"{serial / wall[m]:.2f}" if serial else "-")
-        rows.append(row)
-    if rerun:
-        calls = rerun["calls"]
-        rows.append([rerun["mode"], f"{rerun['wall_s']:.1f}", len(calls), sum(c.kind == "calibrate" for c in calls),
-                     f"{sum(c.seconds for c in calls):.1f}", "-", "-"])
-    print(common.table(["mode", "wall s", "compiler calls", "calibrations", "compiler busy s",
-                        "/ direct", "serial / this"], rows))
-    if "dagster" in wall and "direct" in wall:
-        print(f"\nDagster / direct: {wall['dagster'] / wall['direct']:.3f} (target <= 1.15)", end="")
-        if "dagster-spawn" in wall:
-            print(f"; with spawn (before): {wall['dagster-spawn'] / wall['direct']:.3f}; "
-                  f"forkserver vs spawn: {wall['dagster-spawn'] / wall['dagster']:.2f}x faster", end="")
-        print()
-    for suffix in ("", "+before"):
-        if "serial" + suffix in wall:
-            for m in ("dagster", "dagster-spawn", "direct"):
-                if m + suffix in wall:
-                    print(f"speed-up of {m + suffix} over serial{suffix}: {wall['serial' + suffix] / wall[m + suffix]:.2f}x")
-    if "dagster-spawn+before" in wall and "dagster" in wall:
-        print(f"before -> after (dagster-spawn+before -> dagster): {wall['dagster-spawn+before']:.1f} s -> "
-              f"{wall['dagster']:.1f} s, {wall['dagster-spawn+before'] / wall['dagster']:.2f}x faster", end="")
-        if "direct+before" in wall and "direct" in wall:
-            print(f"; Dagster / direct {wall['dagster-spawn+before'] / wall['direct+before']:.3f} -> "
-                  f"{wall['dagster'] / wall['direct']:.3f}", end="")
-        print()
-    for m in modes:
-        base, _, variant = m.partition("+")
-        if variant in ("noprio", "spin") and base in wall:
-            what = {"noprio": "without step priorities", "spin": "with ONNX Runtime spinning"}[variant]
-            print(f"{base} {what} / {base}: {wall[m] / wall[base]:.3f}")
-    n_models = len(models)
-    n_batches = len(load_settings(common.DEFAULT_CONFIG).matrix.batch)
-    for m in modes:
-        cal = sum(c.kind == "calibrate" for c in results[m][-1]["calls"])
-        print(f"calibration runs ({m}): {cal} (models x batch sizes = {n_models} x {n_batches} = "
-              f"{n_models * n_batches})")
+        compiles = [c for c in calls if c.kind == "compile"]
+        suffix = "+before" if m.endswith("+before") else ""
+        direct = results.get("direct" + suffix)
+        ratio = spread([a["wall_s"] / b["wall_s"] for a, b in zip(rs, direct)]) if direct else "-"
+        rows.append([m, spread(r["wall_s"] for r in rs), len(calls), sum(c.kind == "calibrate" for c in calls),
+                     len(compiles), f"{sum(c.seconds for c in calls):.1f}", ratio])
+    if reruns:
+        rows.append(["dagster, again, nothing changed", spread(r["wall_s"] for r in reruns),
+                     max(len(r["calls"]) for r in reruns), 0, 0, "0.0", "-"])
+    print("wall s and ratios: median [min-max] over the rounds; a ratio pairs the runs of one round")
+    print(common.table(["mode", "wall s", "compiler calls", "calibrations", "compiles", "compiler busy s",
+                        "/ direct (same round)"], rows))
 
-    print("\nwhere the time goes (slot-seconds, summed over steps/units of the last round)")
-    brows = []
+    settings = load_settings(common.DEFAULT_CONFIG)
+    n_binaries = sum(len(settings.matrix_of(m).batch_keys) * len(settings.matrix_of(m).targets) for m in models)
+    print("\ntargets (measured side by side in this run):")
+    if "dagster" in results and "direct" in results:
+        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(results["dagster"], results["direct"])]
+        met = common.median(ratios) <= 1.10
+        print(f"  Dagster / direct on the matrix: {spread(ratios)}  (target <= 1.10: {'met' if met else 'NOT met'})")
+    if reruns:
+        walls = [r["wall_s"] for r in reruns]
+        calls = max(len(r["calls"]) for r in reruns)
+        met = common.median(walls) <= 3.0 and calls == 0
+        print(f"  re-run with nothing changed: {spread(walls)} s, {calls} compiler calls  "
+              f"(target <= 3 s and 0 calls: {'met' if met else 'NOT met'})")
+    if "dagster" in results:
+        compiles = [sum(c.kind == "compile" for c in r["calls"]) for r in results["dagster"]]
+        print(f"  CPU compiler calls for the {n_binaries} binaries: {max(compiles)} "
+              f"(target {n_binaries // 2}: partitions with an identical applied command built once: "
+              f"{'met' if max(compiles) <= n_binaries // 2 else 'NOT met'})")
     for m in modes:
-        r = results[m][-1]
-        busy = sum(c.seconds for c in r["calls"])
-        if m.startswith("dagster"):  # noqa: SIM114
-            b = dagster_breakdown(r)
-            brows.append([m, b["steps"], f"{b['spawn_s']:.1f}", f"{b['load_s']:.1f}", f"{b['body_s']:.1f}",
-                          f"{busy:.1f}", f"{b['spawn_s'] + b['load_s'] + b['body_s']:.1f}"])
-        else:
-            b = direct_breakdown(r)
-            brows.append([m, b["units"], "0", "0", f"{b['unit_s']:.1f}", f"{busy:.1f}", f"{b['unit_s']:.1f}"])
-    print(common.table(["mode", "steps/units", "process start s", "job load s", "step body s", "compiler s",
-                        "total s"], brows))
-    for m in modes:
-        if not m.startswith("dagster"):
+        if m.startswith("direct"):
             b = direct_breakdown(results[m][-1])
             print(f"{m}: accuracy checks {b['checks']} ({b['checks_reused']} reused from the content-addressed "
-                  f"store: identical binaries), {b['check_s']:.1f} s")
+                  f"store), {b['check_s']:.1f} s; shared builds {b['shared']}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "results": results, "rerun": rerun},
+        args.json.write_text(json.dumps({"machine": info, "results": results, "reruns": reruns},
                                         default=lambda o: o.__dict__, indent=1))
     return 0
 

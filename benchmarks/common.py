@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv"
+VENV = Path(os.environ.get("QAIC_BENCH_VENV", sys.prefix))  # the venv running the benchmark
 DEFAULT_WORK = Path(os.environ.get("QAIC_BENCH_WORK", "/tmp/qaic_bench"))
 STANDIN_MODELS = {"resnet50": "resnet50", "retinanet": "retinanet", "bert-99": "bert-99"}
 DEFAULT_CONFIG = REPO / "qaic_assets" / "default_config.yaml"

@@ -4,20 +4,33 @@ Runs, in order: observe `qaic_sdk`; `source_models`; one calibration run per bat
 compile run per (batch, target) partition. Each run executes its steps in parallel (multiprocess
 executor) within the `qaic_compile` pool, and is recorded in the instance, so the UI
 (`make ui`) shows the same materializations afterwards. Ends with a table of what was built.
+
+Quiet and alive: a step found up to date before its run is launched (defs/freshness.py) is not run
+at all; the others are followed from the event log (defs/progress.py: a live display on a terminal,
+one line per step otherwise). Dagster's own console output (the step processes' DEBUG lines,
+tracebacks) goes to a log file named at the end; a failed step's message is printed in its line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
 import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key
-from qaic_assets.settings import Settings, load_settings
 from qaic_assets.defs.executor import execution_run_config
+from qaic_assets.defs.freshness import Freshness, Step
+from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.defs.progress import UP_TO_DATE, PlainProgress, RunFollower, progress_for
+from qaic_assets.settings import Settings, load_settings
+
+DEMO_TAG = "qaic_assets/demo_run"
 
 
 #: How the multiprocess executor starts a step's process (env QAIC_ASSETS_START_METHOD overrides).
@@ -70,40 +83,98 @@ def job_for(name: str) -> dg.JobDefinition:
 
 
 def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = None,
-            max_concurrent: int = 2, method: str | None = None) -> dg.ExecuteJobResult:
+            max_concurrent: int = 2, method: str | None = None, *, tags: dict | None = None,
+            asset_selection: list[dg.AssetKey] | None = None) -> dg.ExecuteJobResult:
     from qaic_assets.defs.jobs import partition_run_tags
 
-    tags = partition_run_tags(partition)
+    tags = {**(tags or {}), **partition_run_tags(partition)}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
     config = run_config(max_concurrent, method, instance)
-    with dg.execute_job(job, instance=instance, run_config=config, tags=tags) as result:
+    with dg.execute_job(job, instance=instance, run_config=config, tags=tags, asset_selection=asset_selection) as result:
         return result
 
 
-def materialize_matrix(config: Settings, instance: dg.DagsterInstance,
-                       method: str | None = None) -> list[tuple[str, str | None, bool]]:
-    """Every run of the default matrix, in dependency order; returns (job, partition, success).
-    `method`: the step start method (default: start_method())."""
+@dataclass
+class PlannedRun:
+    job: str
+    partition: str | None
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.job} {self.partition or ''}".strip()
+
+
+def plan_runs(config: Settings) -> list[PlannedRun]:
+    """Every run of the default matrix, in dependency order, with the asset partitions each makes."""
     from qaic_assets.defs.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
-    runs: list[tuple[str, str | None]] = [(OBSERVE_JOB, None), (SOURCES_JOB, None)]
-    groups: dict[tuple[str, str], str] = {}
+    runs = [PlannedRun(OBSERVE_JOB, None, [Step(SDK_KEY)]),
+            PlannedRun(SOURCES_JOB, None, [Step(source_key(m), m) for m in config.model_names])]
+    groups: dict[tuple[str, str], list[str]] = {}
     for model, jobs in matrix_jobs(config).items():
-        groups.setdefault(jobs, model)
-    for (calib_job, compile_job), model in groups.items():
-        matrix = config.matrix_of(model)
-        if any(config.model(m).quantize for m, j in matrix_jobs(config).items() if j[0] == calib_job):
-            runs += [(calib_job, b) for b in matrix.batch_keys]
-        runs += [(compile_job, f"{b}|{t}") for b in matrix.batch_keys for t in matrix.targets]
+        groups.setdefault(jobs, []).append(model)
+    for (calib_job, compile_job), models in groups.items():
+        matrix = config.matrix_of(models[0])
+        quantized = [m for m in models if config.model(m).quantize]
+        if quantized:
+            runs += [PlannedRun(calib_job, b, [Step(profile_key(m), m, b) for m in quantized])
+                     for b in matrix.batch_keys]
+        runs += [PlannedRun(compile_job, f"{b}|{t}", [Step(binary_key(m), m, f"{b}|{t}") for m in models])
+                 for b in matrix.batch_keys for t in matrix.targets]
+    return runs
+
+
+def step_label(step: Step) -> str:
+    what = "/".join(step.key.path)
+    return f"{what} {step.partition}" if step.partition else what
+
+
+def _step_keys(defs: dg.Definitions, steps: list[Step]) -> dict[str, Step]:
+    """Dagster's step key of each asset (its op name), as the event log names it."""
+    graph = defs.resolve_asset_graph()
+    return {graph.get(s.key).assets_def.node_def.name: s for s in steps}
+
+
+def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: str | None = None,
+                       progress: PlainProgress | None = None) -> list[tuple[str, str | None, bool]]:
+    """Every run of the default matrix, in dependency order; returns (job, partition, success).
+    A run whose steps are all up to date is not launched (success, no run); `method`: the step start
+    method (default: start_method())."""
+    from qaic_assets.definitions import defs
+
+    runs = plan_runs(config)
+    graph = defs.resolve_asset_graph()
+    freshness = Freshness(config, instance, {s.key: graph.get(s.key).code_version for r in runs for s in r.steps})
+    progress = progress or PlainProgress(len(runs), sum(len(r.steps) for r in runs))
     outcomes = []
-    for name, partition in runs:
-        started = time.monotonic()
-        result = run_job(instance, name, partition, method=method)
-        label = f"{name} {partition or ''}".strip()
-        print(f"[{'ok' if result.success else 'FAILED'}] {label} ({time.monotonic() - started:.1f}s)",
-              flush=True)
-        outcomes.append((name, partition, result.success))
+    for run in runs:
+        stale = [s for s in run.steps if not freshness.up_to_date(s)]
+        for s in run.steps:
+            if s not in stale:
+                progress.step_done(step_label(s), UP_TO_DATE)
+        if not stale:
+            progress.run_done()
+            outcomes.append((run.job, run.partition, True))
+            continue
+        token = uuid.uuid4().hex
+        labels = {key: step_label(s) for key, s in _step_keys(defs, stale).items()}
+        with RunFollower(instance, (DEMO_TAG, token), labels, progress):
+            result = run_job(instance, run.job, run.partition, method=method, tags={DEMO_TAG: token},
+                             asset_selection=[s.key for s in stale])
+        progress.run_done()
+        outcomes.append((run.job, run.partition, result.success))
     return outcomes
+
+
+def _latest_checks(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str]:
+    """Partition -> status of its latest accuracy check (the check is per partition)."""
+    check_key = dg.AssetCheckKey(key, ACCURACY_CHECK_NAME)
+    latest: dict[str, str] = {}
+    for record in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=500):
+        if record.partition is not None:
+            latest.setdefault(record.partition, record.status.value)  # newest first
+    return latest
 
 
 def built_table(config: Settings, instance: dg.DagsterInstance) -> list[dict]:
@@ -111,6 +182,7 @@ def built_table(config: Settings, instance: dg.DagsterInstance) -> list[dict]:
     rows = []
     for model in config.model_names:
         key = binary_key(model)
+        checks = _latest_checks(instance, key)
         matrix = config.matrix_of(model)
         for b in matrix.batch_keys:
             for t in matrix.targets:
@@ -122,44 +194,68 @@ def built_table(config: Settings, instance: dg.DagsterInstance) -> list[dict]:
                     rows.append({"model": model, "partition": partition, "status": "missing"})
                     continue
                 meta = records[0].asset_materialization.metadata
-                check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                    [dg.AssetCheckKey(key, ACCURACY_CHECK_NAME)]
-                ).get(dg.AssetCheckKey(key, ACCURACY_CHECK_NAME))
+                same = meta.get("same_build_as")
                 rows.append({
                     "model": model, "partition": partition, "status": "built",
                     "size_mb": meta["size_bytes"].value / 2**20,
                     "compile_s": meta["duration_s"].value,
                     "sha256": meta["sha256"].value[:12],
                     "backend": meta["backend"].value,
-                    "check": check.status.value if check else "-",
+                    "check": checks.get(partition, "-"),
+                    "note": f"same build as {same.value}" if same else "",
                 })
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], out=None) -> None:
+    out = out or sys.stdout
     print(f"\n{'model':<10} {'partition':<22} {'backend':<7} {'size MB':>8} {'compile s':>9} "
-          f"{'sha256':<12}  check")
+          f"{'sha256':<12}  {'check':<9} note", file=out)
     for r in rows:
         if r["status"] != "built":
-            print(f"{r['model']:<10} {r['partition']:<22} {'missing'}")
+            print(f"{r['model']:<10} {r['partition']:<22} {'missing'}", file=out)
             continue
         print(f"{r['model']:<10} {r['partition']:<22} {r['backend']:<7} {r['size_mb']:>8.2f} "
-              f"{r['compile_s']:>9.2f} {r['sha256']:<12}  {r['check']}")
+              f"{r['compile_s']:>9.2f} {r['sha256']:<12}  {r['check']:<9} {r['note']}".rstrip(), file=out)
+
+
+@contextlib.contextmanager
+def dagster_output_to(log: Path):
+    """Send this process's stderr, and so the step processes' (they inherit it), to `log`: Dagster's
+    console lines and tracebacks are kept there, not shown over the progress display."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def main() -> int:
     config = load_settings()
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        outcomes = materialize_matrix(config, instance)
+        log = Path(instance.root_directory) / "logs" / "demo.log"
+        runs = plan_runs(config)
+        print(f"materializing {sum(len(r.steps) for r in runs)} steps in {len(runs)} runs "
+              f"(steps already up to date launch no run); Dagster's own log: {log}", flush=True)
+        with dagster_output_to(log), progress_for(len(runs), sum(len(r.steps) for r in runs)) as progress:
+            outcomes = materialize_matrix(config, instance, progress=progress)
         rows = built_table(config, instance)
     print_table(rows)
-    failed = [f"{n} {p or ''}" for n, p, ok in outcomes if not ok]
-    print(f"\n{sum(r['status'] == 'built' for r in rows)}/{len(rows)} compiled binaries in "
-          f"{time.monotonic() - started:.0f}s; artifacts under {config.storage_root}; "
+    failed = [f"{n} {p or ''}".strip() for n, p, ok in outcomes if not ok]
+    shared = sum(bool(r.get("note")) for r in rows)
+    print(f"\n{sum(r['status'] == 'built' for r in rows)}/{len(rows)} compiled binaries"
+          + (f" ({shared} shared with an identical CPU build)" if shared else "")
+          + f" in {time.monotonic() - started:.1f}s; artifacts under {config.storage_root}; "
           "see them in the UI with `make ui`.")
     if failed:
-        print("failed runs: " + ", ".join(failed), file=sys.stderr)
+        print(f"failed runs: {', '.join(failed)} (details in {log}, and in the UI)")
         return 1
     return 0
 

@@ -34,7 +34,8 @@ from qaic_assets.build.outputs import (
 from qaic_assets.build.plan import calibrate_command, compile_command
 from qaic_assets.build.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
 from qaic_assets.build.sources import SourceError, SourceModel, ensure_source
-from qaic_assets.build.store import calibration_dir, model_inputs
+from qaic_assets.build.reuse import applied_key, find_same_build, input_stats, link_build, stat_key
+from qaic_assets.build.store import calibration_dir, compile_dir, model_inputs
 from qaic_assets.hashing import sha256_file
 from qaic_assets.qaic.commands import BATCHED_LIST_FILE, PROFILE_FILE, Command
 from qaic_assets.qaic.flags import file_flags
@@ -42,7 +43,7 @@ from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_
 from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
 from qaic_assets.qaic.sdk import Backend, SdkError, settings_backend
-from qaic_assets.settings import Settings, batch_key, target_key
+from qaic_assets.settings import Settings, batch_key, parse_target_key, target_key
 
 _LOG = logging.getLogger("qaic_assets.build")
 #: Every line the compiler printed, kept beside its output (the event log gets a rate-limited summary).
@@ -78,6 +79,11 @@ class Built:
     inputs: dict
     extra: dict = field(default_factory=dict)
     previous: dict | None = None  # the manifest it replaced (compile), for the SDK upgrade report
+
+    @property
+    def same_build_as(self) -> str | None:
+        """The partition whose build this one shares (identical CPU command), if any."""
+        return self.manifest.get("same_build_as")
 
     @property
     def output(self) -> Path:
@@ -231,10 +237,13 @@ def _lock(config: Settings, directory: Path, log: logging.Logger, shared: bool =
 
 def run_build(config: Settings, compiler: Backend, command: Command, inputs: dict, who: Identity, *,
               force: bool = False, log: logging.Logger = _LOG, prepare: Callable[[Path], dict] | None = None,
-              cleanup: Callable[[Path], None] | None = None) -> tuple[dict, bool]:
+              cleanup: Callable[[Path], None] | None = None,
+              siblings: dict[str, Path] | None = None) -> tuple[dict, bool]:
     """Run `command` in a temporary dir renamed into place, unless the cache already holds its output.
-    Returns (manifest, cached)."""
+    With `siblings` (partition -> output dir; CPU compiles), a sibling built with the same applied
+    command is shared instead of compiling again (build/reuse.py). Returns (manifest, cached)."""
     key = cache_key(command.argv, (compiler.name, compiler.version), inputs)
+    shared_key = applied_key(command.argv, (compiler.name, compiler.version), inputs) if siblings else None
     # one writer per output dir at a time (a second run of the same partition waits, then may hit the
     # cache); storage errors (read-only, disk full) name the dir and the fix
     with storage_errors(config), _lock(config, command.cwd, log):
@@ -243,26 +252,40 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
         if not force and (manifest := cached_manifest(command.cwd, command.output, key)):
             log.info(f"cache hit: {command.cwd / command.output} (built by run {manifest['run_id']})")
             return manifest, True
+        same = find_same_build(siblings, shared_key, command.output) if shared_key and not force else None
         with atomic_output_dir(command.cwd, [command.output]) as tmp:
-            try:
-                extra = prepare(tmp) if prepare else {}
-            except ValueError as exc:
-                raise BuildError(str(exc)) from exc
-            result = _run(command, tmp, config, log)
+            if same and link_build(Path(same[1]["cwd"]), tmp, command.output, same[1]["output"]["sha256"], log):
+                log.info(f"same build as {same[0]}: the CPU compiler applies the same command; sharing "
+                         f"{same[1]['output']['path']}")
+                result = RunResult(command.argv, 0, 0.0, 0, [f"same build as {same[0]} (no compiler call)"])
+                extra = same[1].get("extra", {})
+            else:
+                same = None
+                try:
+                    extra = prepare(tmp) if prepare else {}
+                except ValueError as exc:
+                    raise BuildError(str(exc)) from exc
+                result = _run(command, tmp, config, log)
             output = _output(tmp, command)
-            if cleanup:
+            if cleanup and not same:
                 cleanup(tmp)
             manifest = {
                 "kind": who.kind, "model": who.model, "partition": who.partition, "cache_key": key,
                 "argv": command.argv, "cwd": str(command.cwd), "backend": compiler.name,
                 "sdk_version": compiler.version, "toolchain": compiler.describe(), "inputs": inputs,
-                "output": {"path": str(command.cwd / command.output), "sha256": sha256_file(output),
-                           "size_bytes": output.stat().st_size},
+                "input_stats": input_stats(inputs),
+                "output": {"path": str(command.cwd / command.output),
+                           "sha256": same[1]["output"]["sha256"] if same else sha256_file(output),
+                           "size_bytes": output.stat().st_size, "stat": stat_key(output)},
                 "run_id": who.run_id, "duration_s": round(result.duration_s, 3),
                 "peak_rss_bytes": result.peak_rss_bytes, "log_tail": result.log_tail[-20:],
                 "log": {"path": str(command.cwd / COMPILER_LOG), "lines": result.output_lines},
                 "worker": f"{socket.gethostname()}:{os.getpid()}", "created_at": time.time(), "extra": extra,
             }
+            if shared_key:
+                manifest["applied_key"] = shared_key
+            if same:
+                manifest["same_build_as"] = same[0]
             write_manifest(tmp, manifest)
     return manifest, False
 
@@ -335,9 +358,13 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     previous = read_manifest(command.cwd)
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
     extra: dict = {}
+    siblings = None
+    if compiler.name == "cpu":  # identical applied commands share one build (build/reuse.py)
+        siblings = {f"{batch_key(batch)}|{t}": compile_dir(config, model, batch, *parse_target_key(t))
+                    for t in config.matrix_of(model).targets if t != target_key(scenario, nsp)}
 
     def build() -> tuple[dict, bool]:
-        return run_build(config, compiler, command, inputs, who, force=force, log=log,
+        return run_build(config, compiler, command, inputs, who, force=force, log=log, siblings=siblings,
                          prepare=lambda tmp: extra, cleanup=lambda tmp: extra.update(profile_use(tmp, command)))
 
     if not cfg.quantize:

@@ -9,6 +9,7 @@ import dagster as dg
 from qaic_assets.build import harness, service
 from qaic_assets.defs.keys import POOL, SDK_KEY, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
+from qaic_assets.defs.metadata import labels, stored_path
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.defs.toolchain import record_first_observation
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
@@ -40,9 +41,10 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
         manifest = built.manifest
         record_first_observation(context, manifest)
         return dg.MaterializeResult(
-            metadata=build_metadata(manifest, built.cached) | harness_metadata(manifest) | {
+            metadata=build_metadata(settings, manifest, built.cached) | harness_metadata(manifest) | {
                 "model_sha256": built.source.sha256,
-                "calibration_list": dg.MetadataValue.path(str(built.extra["list_file"])),
+                "calibration_list": stored_path(settings, built.extra["list_file"]),
+                **labels(batch=parse_batch_key(context.partition_key)),
                 "calibration_sha256": built.extra["selection"],
                 "calibration_samples": manifest["extra"]["samples"],
                 "calibration_batches": manifest["extra"]["batches"],

@@ -1,19 +1,26 @@
 """`<model>/compiled_binary`, one partition per batch x scenario-nsp: `-aic-binary-dir` output built by
-the build service from the source model and (quantized) its batch's profile; the accuracy check runs
-in the same step on the CPU backend, the SDK tool checks (defs/sdk_checks.py) on the SDK backend."""
+the build service from the source model and (quantized) its batch's profile. The checks run in the
+same step, one result per partition: the accuracy check for CPU builds, the SDK tool checks
+(defs/sdk_checks.py) for SDK builds."""
 
 from collections.abc import Iterator
 
 import dagster as dg
 
 from qaic_assets.build import service
+from qaic_assets.defs.beta import our_beta_apis
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, group_name, profile_key, source_key
+from qaic_assets.defs.metadata import labels, lineage_block, stored_path
 from qaic_assets.defs.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.toolchain import record_first_observation
 from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
 from qaic_assets.defs.sdk_checks import run_sdk_checks, sdk_check_specs
-from qaic_assets.settings import Settings
+from qaic_assets.defs.toolchain import record_first_observation
+from qaic_assets.settings import Settings, batch_key
+
+#: what the binary is, by the configured backend (the graph depends on the settings only): the CPU
+#: reference compiler writes ONNX, the SDK a QPC; `auto` may be either, depending on the host
+KINDS = {"cpu": {"onnx"}, "qaic": {"qaic"}, "auto": {"qaic", "onnx"}}
 
 
 def compile_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
@@ -25,30 +32,34 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         from qaic_assets.defs.percentile import choice_key
 
         deps.append(dg.AssetDep(choice_key(model), partition_mapping=profile_mapping()))
+    partitions = binary_partitions(project, model)
     check_specs = []
     # from the configuration only, so every host has the same graph; a binary built by the SDK's
-    # qaic-exec (not runnable here) yields no result, and the check shows as not evaluated for it
-    if cfg.heldout or cfg.source.standin:
-        check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model),
-                                         description="int8 vs fp32 on held-out inputs")]
-    sdk_specs = sdk_check_specs(project, model, binary_key(model))  # fits_target, throughput (SDK backend)
+    # compiler (not runnable here) yields no accuracy result, and the check shows as not evaluated.
+    # One result per partition (partitioned checks): the partition page answers "is bs8|offline-nsp14
+    # accurate?", and a failing partition cannot hide behind a passing one.
+    with our_beta_apis():
+        if cfg.heldout or cfg.source.standin:
+            check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model), partitions_def=partitions,
+                                             description="int8 vs fp32 on held-out inputs, per partition")]
+        sdk_specs = sdk_check_specs(project, model, binary_key(model), partitions)  # fits_target, throughput
     check_specs += sdk_specs
 
     # a multi_asset only for `can_subset`: it makes the check's output optional, so a step that
-    # cannot run the check (SDK build) simply yields none
+    # cannot run a check (the accuracy check of an SDK build) simply yields none
     @dg.multi_asset(
         name=binary_key(model).to_python_identifier(),
         specs=[dg.AssetSpec(
             binary_key(model),
             group_name=group_name(model),
-            kinds={"qaic"},
+            kinds=KINDS[project.backend],
             deps=deps,
             code_version=code_version(project, model, cfg.quantize, cfg.percentile,
                                       *([cfg.extra_flags] if cfg.extra_flags else [])),
             automation_condition=automation_condition,
             description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
         )],
-        partitions_def=binary_partitions(project, model),
+        partitions_def=partitions,
         pool=POOL,
         op_tags=op_tags,
         check_specs=check_specs,
@@ -66,20 +77,26 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
                                     partition=str(context.partition_key), force=config.force, log=context.log)
         manifest = built.manifest
         record_first_observation(context, manifest)
-        metadata = build_metadata(manifest, built.cached) | {
+        partition = str(context.partition_key)
+        metadata = build_metadata(settings, manifest, built.cached) | {
             "model_sha256": built.source.sha256, "model": dg.MetadataValue.asset(source_key(model)),
-            "scenario": scenario, "nsp": nsp, "batch": batch}
+            **labels(scenario=scenario, nsp=nsp, batch=batch)}
+        profile_partition = None
         if "profile" in built.inputs:
+            profile_partition = batch_key(batch)
             metadata |= {"profile_sha256": built.inputs["profile"]["sha256"],
                          "profile": dg.MetadataValue.asset(profile_key(model)),
-                         "profile_path": dg.MetadataValue.path(built.inputs["profile"]["path"])}
-        extra = manifest.get("extra") or {}
-        metadata |= {k: extra[k] for k in ("profile_entries_used", "profile_entries_skipped") if k in extra}
+                         "profile_partition": dg.MetadataValue.text(profile_partition),
+                         "profile_path": stored_path(settings, built.inputs["profile"]["path"])}
         if "percentile_choice" in built.inputs:
             from qaic_assets.defs.percentile import choice_key
 
             metadata |= {"percentile": float(built.inputs["percentile_choice"]["value"]),
                          "percentile_choice": dg.MetadataValue.asset(choice_key(model))}
+        extra = manifest.get("extra") or {}
+        metadata |= {k: extra[k] for k in ("profile_entries_used", "profile_entries_skipped") if k in extra}
+        if built.same_build_as:
+            metadata["same_build_as"] = dg.MetadataValue.text(built.same_build_as)
         previous = built.previous
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)
@@ -89,13 +106,18 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             sdk_metadata, check_results = run_sdk_checks(
                 settings, [spec for spec in sdk_specs if spec.name in selected], built.output, nsp)
             metadata |= sdk_metadata
-        yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
-                                   data_version=dg.DataVersion(manifest["output"]["sha256"]))
-        yield from check_results
+        accuracy = None
         if ACCURACY_CHECK_NAME in selected and manifest["backend"] == "cpu":
             from qaic_assets.defs.checks import accuracy_check
 
-            yield accuracy_check(settings, model, built.command.argv, built.output, batch,
-                                 binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256)
+            accuracy = accuracy_check(settings, model, built.command.argv, built.output, batch,
+                                      binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256)
+            check_results.append(accuracy)
+        metadata["lineage"] = lineage_block(settings, model, partition, manifest, run_id=context.run.run_id,
+                                            profile_partition=profile_partition, check=accuracy,
+                                            same_build_as=built.same_build_as)
+        yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
+                                   data_version=dg.DataVersion(manifest["output"]["sha256"]))
+        yield from check_results
 
     return compiled_binary

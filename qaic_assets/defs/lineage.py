@@ -31,7 +31,12 @@ def _records(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | No
 
 def _values(record, *names: str) -> dict:
     meta = record.asset_materialization.metadata
-    return {name: meta[name].value for name in names if name in meta}
+    values = {name: meta[name].value for name in names if name in meta}
+    if "path" in values and "storage_root" in meta:  # stored relative to the root (defs/metadata.py)
+        from qaic_assets.defs.metadata import resolve
+
+        values["path"] = str(resolve(meta))
+    return values
 
 
 def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:

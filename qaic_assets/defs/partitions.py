@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from qaic_assets.defs.beta import our_beta_apis
+
 from qaic_assets.settings import Settings, parse_batch_key, parse_target_key
 
 
@@ -21,7 +23,8 @@ def binary_partitions(config: Settings, model: str) -> dg.MultiPartitionsDefinit
 
 
 def profile_mapping() -> dg.PartitionMapping:
-    return dg.MultiToSingleDimensionPartitionMapping("batch")
+    with our_beta_apis():
+        return dg.MultiToSingleDimensionPartitionMapping("batch")
 
 
 def binary_partition(key: str | dg.MultiPartitionKey) -> tuple[int, str, int]:

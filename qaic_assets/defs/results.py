@@ -39,7 +39,7 @@ def as_failure() -> Iterator[None]:
         details = exc.details
         metadata = {}
         if "command" in details:
-            metadata["command"] = dg.MetadataValue.text(details["command"])
+            metadata["command"] = dg.MetadataValue.text(details["command"])  # shlex-quoted
         if "log_tail" in details:
             metadata["log_tail"] = dg.MetadataValue.md("```\n" + "\n".join(details["log_tail"]) + "\n```")
         if "duration_s" in details:
@@ -47,16 +47,19 @@ def as_failure() -> Iterator[None]:
         raise dg.Failure(description=str(exc), metadata=metadata) from exc
 
 
-def build_metadata(manifest: dict, cached: bool) -> dict:
-    """Materialization metadata from the manifest."""
+def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
+    """Materialization metadata from the manifest: measurements as numbers (the UI plots them), the
+    argv as a list plus one shell-quoted line, paths relative to `storage_root` (given once)."""
+    from qaic_assets.defs.metadata import command_metadata, storage_root, stored_path
+
     output = manifest["output"]
     return {
-        "command": dg.MetadataValue.text(" ".join(manifest["argv"])),
-        "argv": dg.MetadataValue.json(manifest["argv"]),
+        **command_metadata(manifest["argv"]),
         "backend": manifest["backend"],
         "sdk_version": manifest["sdk_version"],
         **toolchain_metadata(manifest.get("toolchain") or {}),
-        "path": dg.MetadataValue.path(output["path"]),
+        "storage_root": storage_root(config),
+        "path": stored_path(config, output["path"]),
         "sha256": output["sha256"],
         "size_bytes": output["size_bytes"],
         "duration_s": float(manifest["duration_s"]),

@@ -25,14 +25,16 @@ FITS_TARGET = "fits_target"
 THROUGHPUT = "throughput"
 
 
-def sdk_check_specs(project: Settings, model: str, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    """From the configuration only (every host declares the same checks); evaluated for SDK builds."""
+def sdk_check_specs(project: Settings, model: str, asset_key: dg.AssetKey,
+                    partitions_def: dg.PartitionsDefinition | None = None) -> list[dg.AssetCheckSpec]:
+    """From the configuration only (every host declares the same checks); evaluated for SDK builds,
+    one result per partition."""
     if project.backend == "cpu":
         return []
-    specs = [dg.AssetCheckSpec(FITS_TARGET, asset=asset_key,
+    specs = [dg.AssetCheckSpec(FITS_TARGET, asset=asset_key, partitions_def=partitions_def,
                                description="qaic-qpc validate: NSPs required <= the partition's nsp")]
     if project.throughput_check.enabled:
-        specs.append(dg.AssetCheckSpec(THROUGHPUT, asset=asset_key,
+        specs.append(dg.AssetCheckSpec(THROUGHPUT, asset=asset_key, partitions_def=partitions_def,
                                        description="qaic-runner on a card: inferences per second"))
     return specs
 

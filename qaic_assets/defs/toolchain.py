@@ -25,6 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from qaic_assets.defs.beta import our_beta_apis
 from qaic_assets.defs.executor import compile_op_tags
 from qaic_assets.defs.keys import SDK_KEY
 from qaic_assets.defs.resources import Toolchain
@@ -137,6 +138,11 @@ def record_first_observation(context: dg.AssetExecutionContext, manifest: dict) 
 
 
 def sdk_asset() -> dg.SourceAsset:
+    with our_beta_apis():
+        return _sdk_asset()
+
+
+def _sdk_asset() -> dg.SourceAsset:
     @dg.observable_source_asset(
         key=SDK_KEY,
         op_tags=compile_op_tags(),  # read the SDK version where compiles run

@@ -2,6 +2,7 @@
 run, metadata, data versions, manifests, and failures that keep the previous binary."""
 
 import json
+import shlex
 from pathlib import Path
 
 import dagster as dg
@@ -103,7 +104,8 @@ def test_ops_run_exactly_the_plan_and_record_it(project):
     assert meta["model_sha256"].value == sha256_file(config.model("tiny").source.path)
     assert isinstance(meta["duration_s"].value, float) and meta["duration_s"].value > 0
     assert isinstance(meta["peak_rss_mb"].value, float) and meta["peak_rss_mb"].value > 0
-    assert meta["command"].value == " ".join(plan.compile.argv)
+    assert meta["command"].value == shlex.join(plan.compile.argv)
+    assert meta["argv"].value == plan.compile.argv
     assert "Done" in meta["log_tail"].value or "done" in meta["log_tail"].value.lower()
 
     record = instance.get_latest_data_version_record(binary_key("tiny"), partition_key="bs2|offline-nsp14")

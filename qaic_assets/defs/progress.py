@@ -1,0 +1,198 @@
+"""What `make demo` shows while it works.
+
+On a terminal: a live `rich` display (steps and runs done of the total, elapsed time and an
+estimate, the steps running now), finished steps scrolling above it. Otherwise (CI, a log, a pipe):
+one plain line per step, written when the step ends or is found up to date. The steps are followed
+from the instance's event log (`DagsterInstance.get_records_for_run`), the record every run leaves,
+so the display shows what Dagster recorded, not a guess.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+import dagster as dg
+
+OK, UP_TO_DATE, FAILED, NOT_RUN = "ok", "up to date", "FAILED", "not run"
+_STYLE = {OK: "green", UP_TO_DATE: "dim", FAILED: "bold red", NOT_RUN: "yellow"}
+
+
+def step_line(status: str, label: str, seconds: float | None = None, note: str = "") -> str:
+    took = f" ({seconds:.1f}s)" if seconds is not None else ""
+    return f"[{status}] {label}{took}" + (f": {note}" if note else "")
+
+
+class PlainProgress:
+    """One line per step; no colour, no cursor movement."""
+
+    def __init__(self, total_runs: int, total_steps: int, out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.total_runs, self.total_steps = total_runs, total_steps
+        self.steps_done = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.out.flush()
+
+    def run_done(self) -> None:
+        pass
+
+    def step_started(self, label: str) -> None:
+        pass
+
+    def step_done(self, label: str, status: str, seconds: float | None = None, note: str = "") -> None:
+        with self._lock:
+            self.steps_done += 1
+            self._print(status, label, seconds, note)
+
+    def _print(self, status: str, label: str, seconds: float | None, note: str) -> None:
+        print(f"{step_line(status, label, seconds, note)}  [{self.steps_done}/{self.total_steps}]",
+              file=self.out, flush=True)
+
+
+class LiveProgress(PlainProgress):
+    """The same lines, under a live display of the steps and runs done and the steps running now."""
+
+    def __init__(self, total_runs: int, total_steps: int, out: TextIO | None = None):
+        super().__init__(total_runs, total_steps, out)
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.text import Text
+
+        running = self.running = {}
+
+        class Running(ProgressColumn):  # the steps running now, with their time so far (each refresh)
+            def render(self, task) -> Text:
+                if task.description != "steps" or not running:
+                    return Text("")
+                now = time.monotonic()
+                return Text("running: " + ", ".join(f"{label} {now - t:.0f}s" for label, t in list(running.items())),
+                            style="cyan")
+
+        self.console = Console(file=self.out)
+        self.progress = Progress(TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), Running(),
+                                 console=self.console, refresh_per_second=4)
+        self.steps = self.progress.add_task("steps", total=total_steps)
+        self.runs = self.progress.add_task("runs", total=total_runs)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def run_done(self) -> None:
+        with self._lock:
+            self.progress.advance(self.runs)
+
+    def step_started(self, label: str) -> None:
+        with self._lock:
+            self.running[label] = time.monotonic()
+
+    def step_done(self, label: str, status: str, seconds: float | None = None, note: str = "") -> None:
+        from rich.text import Text
+
+        with self._lock:
+            self.steps_done += 1
+            self.running.pop(label, None)
+            line = Text(f"[{status}]", style=_STYLE.get(status, ""))
+            line.append(step_line(status, label, seconds, note)[len(status) + 2:])
+            self.console.print(line)
+            self.progress.advance(self.steps)
+
+
+def progress_for(total_runs: int, total_steps: int, out: TextIO | None = None) -> PlainProgress:
+    """LiveProgress when `out` (default stdout) is a terminal, else PlainProgress."""
+    out = out or sys.stdout
+    tty = bool(getattr(out, "isatty", lambda: False)())
+    return (LiveProgress if tty else PlainProgress)(total_runs, total_steps, out)
+
+
+_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+
+
+def _failure_note(event) -> str:
+    data = event.event_specific_data
+    user = getattr(data, "user_failure_data", None)
+    text = (getattr(user, "description", None) if user else None) or getattr(getattr(data, "error", None),
+                                                                              "message", "") or ""
+    return text.strip().splitlines()[0] if text.strip() else "failed"
+
+
+class RunFollower:
+    """Follows the steps of the run tagged `tag` in a thread; `finish()` reads the rest of its events
+    (after the run returned) and reports the steps that never ran."""
+
+    POLL_S = 0.25
+
+    def __init__(self, instance: dg.DagsterInstance, tag: tuple[str, str], labels: dict[str, str],
+                 progress: PlainProgress):
+        self.instance, self.tag, self.labels, self.progress = instance, tag, labels, progress
+        self.started: dict[str, float] = {}
+        self.done: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self._cursor: str | None = None
+        self._run_id: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "RunFollower":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()  # the events written after the last poll
+        for step, label in self.labels.items():
+            if step not in self.done:
+                self.progress.step_done(label, NOT_RUN, note="an upstream step or the run failed")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001 - a display glitch must never fail the demo
+                continue
+
+    def _poll(self) -> None:
+        if self._run_id is None:
+            runs = self.instance.get_runs(filters=dg.RunsFilter(tags={self.tag[0]: self.tag[1]}), limit=1)
+            if not runs:
+                return
+            self._run_id = runs[0].run_id
+        while True:
+            conn = self.instance.get_records_for_run(self._run_id, cursor=self._cursor, of_type=_EVENTS, limit=100)
+            for record in conn.records:
+                self._handle(record.event_log_entry)
+            self._cursor = conn.cursor
+            if not conn.has_more:
+                return
+
+    def _handle(self, entry) -> None:
+        event = entry.dagster_event
+        step = event.step_key if event else None
+        if step not in self.labels or step in self.done:
+            return
+        label = self.labels[step]
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            self.started[step] = entry.timestamp
+            self.progress.step_started(label)
+            return
+        self.done.add(step)
+        seconds = entry.timestamp - self.started[step] if step in self.started else None
+        if event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+            self.progress.step_done(label, OK, seconds)
+        else:
+            self.failed[step] = _failure_note(event)
+            self.progress.step_done(label, FAILED, seconds, self.failed[step])
+

@@ -1,0 +1,117 @@
+"""`make demo` as a newcomer sees it, run as a subprocess with stdout not a terminal (as in CI): no
+warnings, one line per step; run again with nothing changed: every step up to date, no run launched,
+no compiler call."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import dagster as dg
+
+from conftest import write_tiny_project
+from fake_sdk import read_calls
+
+STEP = re.compile(r"^\[(ok|up to date|FAILED|not run)\] (\S+)(?: ([^\s(]\S*))?")
+
+
+def _demo(project) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QAIC_ASSETS_CONFIG": str(project.config_path), "DAGSTER_HOME": str(project.home)}
+    for var in ("QAIC_SDK_ROOT", "QAIC_ASSETS_STORAGE_ROOT", "PYTHONWARNINGS"):
+        env.pop(var, None)
+    return subprocess.run([sys.executable, "-m", "qaic_assets.demo"], cwd=project.root, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _steps(stdout: str) -> list[tuple[str, str, str | None]]:
+    return [m.groups() for m in map(STEP.match, stdout.splitlines()) if m]
+
+
+def test_demo_is_quiet_and_prints_one_line_per_step(tmp_path):
+    project = write_tiny_project(tmp_path / "project", batch=[1, 2])
+    # qaic_sdk, tiny/source_model, 2 profiles, 4 binaries
+    expected = {("qaic_sdk", None), ("tiny/source_model", None), ("tiny/calibration_profile", "bs1"),
+                ("tiny/calibration_profile", "bs2")} | {
+        ("tiny/compiled_binary", f"bs{b}|{t}-nsp14") for b in (1, 2) for t in ("offline", "singlestream")}
+
+    first = _demo(project)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stream in (first.stdout, first.stderr):
+        assert "warning" not in stream.lower() and "DEBUG" not in stream
+    steps = _steps(first.stdout)
+    assert sorted((what, part) for _, what, part in steps) == sorted(expected)  # each step exactly once
+    assert {status for status, _, _ in steps} == {"ok"}
+    assert "4/4 compiled binaries" in first.stdout
+    calls = len(read_calls(project.sdk))
+    assert calls == 6  # 2 calibrations + 4 compiles
+    with dg.DagsterInstance.from_config(str(project.home)) as instance:
+        runs = len(instance.get_runs())
+
+    again = _demo(project)  # nothing changed: decided before launching anything
+    assert again.returncode == 0, again.stdout + again.stderr
+    steps = _steps(again.stdout)
+    assert sorted((what, part) for _, what, part in steps) == sorted(expected)
+    assert {status for status, _, _ in steps} == {"up to date"}
+    assert len(read_calls(project.sdk)) == calls
+    with dg.DagsterInstance.from_config(str(project.home)) as instance:
+        assert len(instance.get_runs()) == runs
+
+
+def test_building_the_definitions_warns_about_nothing_of_ours(tiny_project):
+    from qaic_assets.defs import build_definitions
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_definitions(tiny_project.config).resolve_asset_graph()
+    ours = [w for w in caught if issubclass(w.category, (dg.BetaWarning, dg.PreviewWarning))]
+    assert not ours, [str(w.message) for w in ours]
+    # and the silencing is scoped: a user's own beta API use still warns
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dg.MultiToSingleDimensionPartitionMapping("batch")
+    assert any(issubclass(w.category, dg.BetaWarning) for w in caught)
+
+
+def test_progress_is_live_on_a_terminal_and_plain_otherwise():
+    import io
+
+    from qaic_assets.defs.progress import LiveProgress, PlainProgress, progress_for
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    plain = io.StringIO()
+    with progress_for(1, 2, plain) as progress:
+        assert type(progress) is PlainProgress
+        progress.step_done("tiny/compiled_binary bs1|offline-nsp14", "ok", 1.25)
+        progress.step_done("qaic_sdk", "up to date")
+    assert plain.getvalue().splitlines() == ["[ok] tiny/compiled_binary bs1|offline-nsp14 (1.2s)  [1/2]",
+                                             "[up to date] qaic_sdk  [2/2]"]
+    live = Terminal()
+    with progress_for(1, 2, live) as progress:
+        assert isinstance(progress, LiveProgress)
+        progress.step_started("tiny/source_model")
+        progress.step_done("tiny/source_model", "ok", 0.5)
+        progress.step_done("qaic_sdk", "FAILED", 0.1, "no SDK")
+        progress.run_done()
+    text = live.getvalue()
+    assert "[ok] tiny/source_model (0.5s)" in text and "[FAILED] qaic_sdk (0.1s): no SDK" in text
+    assert "2/2" in text and "1/1" in text and "\x1b[" in text  # a live, coloured display
+
+
+def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
+    project = write_tiny_project(tmp_path / "project", batch=[1])
+    (project.sdk / "exec" / "qaic-exec").unlink()  # the SDK is gone: every build fails, saying why
+    done = _demo(project)
+    assert done.returncode == 1
+    steps = _steps(done.stdout)
+    assert len(steps) == 5  # qaic_sdk, source, 1 profile, 2 binaries: still one line each
+    failed = [line for line in done.stdout.splitlines() if line.startswith("[FAILED] tiny/calibration_profile bs1")]
+    assert len(failed) == 1 and "qaic-exec does not exist" in failed[0]
+    assert "Traceback" not in done.stdout + done.stderr and "SdkError" not in done.stdout + done.stderr
+    assert "failed runs: calibration_profiles bs1" in done.stdout
+    assert "SdkError" in (project.home / "logs" / "demo.log").read_text()  # the stack traces are kept there

@@ -14,11 +14,10 @@ regenerates them) and, for Dagster, an empty DAGSTER_HOME with the project's dag
                  and order as the runs, each group on 2 long-lived worker processes with a barrier
                  between groups: the difference is Dagster and the demo's bookkeeping only
   serial         the same builds one after another (the seed's CM loop)
-  <mode>+before  (--before) the same with two of the optimisations undone in every process
-                 (benchmarks/common.py: before_env): ONNX Runtime's default thread spinning in calibration
-                 and accuracy-check sessions, and Dagster's step-key order instead of the config order
-                 (step priorities). `dagster-spawn+before` is the code before the optimisations (except
-                 the content-addressed check results, which it keeps); `+spin` / `+noprio` undo one
+  <mode>+before  (--before) the same with ONNX Runtime's default thread spinning restored in the
+                 calibration and accuracy-check sessions of every process (benchmarks/common.py:
+                 before_env); the step-priority optimisation is not undone (that would patch a Dagster
+                 internal)
 
 The accuracy check (fp32 vs int8 on the held-out set, `build/accuracy.evaluate`) is work the compile op
 does on the CPU backend, so direct and serial do it too, after each compile: it is in every mode.
@@ -59,8 +58,8 @@ def run_mode(mode: str, work: Path, shadow: Path, models, tag: str) -> dict:
     cfg = common.write_config(work / "runs" / name / "config.yaml", storage, models=models)
     env = {"QAIC_ASSETS_CONFIG": str(cfg), "DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
     base, _, variant = mode.partition("+")
-    if variant:  # undo optimisations: before = spin + noprio
-        features = {"before": common.BEFORE_FEATURES, "spin": ("spin",), "noprio": ("no_priority",)}[variant]
+    if variant:  # undo an optimisation: before = spin (ONNX Runtime threads spin-wait again)
+        features = {"before": common.BEFORE_FEATURES, "spin": ("spin",)}[variant]
         env.update(common.before_env(work, features))
     py = str(shadow / "bin" / "python")
     if base.startswith("dagster"):

@@ -290,11 +290,9 @@ def write_config(path: Path, storage: Path, *, models=None, backend: str = "cpu"
 # ------------------------------------------------------------------- the code before the optimisations
 
 _BEFORE_SITECUSTOMIZE = '''"""qaic_assets benchmarks: undo two optimisations in every Python process started with this directory on
-PYTHONPATH, to measure the code before them side by side:
-  * ONNX Runtime's default intra-op thread spinning: the request `session.intra_op.allow_spinning=0`
-    is dropped when onnxruntime is imported;
-  * step priorities: Dagster's executor orders runnable steps by step key again (as without the
-    `dagster/priority` op tags the assets now carry)."""
+PYTHONPATH, to measure the code before it side by side: ONNX Runtime's default intra-op thread
+spinning (the request `session.intra_op.allow_spinning=0` is dropped when onnxruntime is imported).
+(The step-priority optimisation is not undone here: that would patch a Dagster internal.)"""
 import importlib.abc
 import importlib.machinery
 import sys
@@ -312,11 +310,7 @@ def _spin(module):
     cls.add_session_config_entry = add_entry
 
 
-def _no_priority(module):
-    module._default_sort_key = lambda step: 0  # stable sort: the plan's (step key) order
-
-
-_PATCHES = {"onnxruntime": _spin, "dagster._core.execution.plan.active": _no_priority}
+_PATCHES = {"onnxruntime": _spin}
 _PATCHES = {k: v for k, v in _PATCHES.items() if v.__name__.strip("_") in {ENABLED}}
 
 
@@ -342,12 +336,12 @@ sys.meta_path.insert(0, _AfterImport())
 '''
 
 
-BEFORE_FEATURES = ("spin", "no_priority")
+BEFORE_FEATURES = ("spin",)
 
 
 def before_env(work: Path, features=BEFORE_FEATURES) -> dict:
     """Environment under which every child Python runs the code as before the given optimisations:
-    "spin" (ONNX Runtime's default thread spinning), "no_priority" (step-key order); see the
+    "spin" (ONNX Runtime's default thread spinning); see the
     sitecustomize above."""
     features = tuple(f for f in BEFORE_FEATURES if f in features)
     d = Path(work) / ("before" if features == BEFORE_FEATURES else "before-" + "-".join(features))

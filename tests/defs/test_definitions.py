@@ -10,6 +10,7 @@ from fake_sdk import make_fake_sdk
 from qaic_assets.defs import build_definitions
 from qaic_assets.defs.jobs import matrix_jobs
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
+from qaic_assets.defs.metadata import resolve
 from qaic_assets.defs.resources import ArtifactStore, Toolchain
 from qaic_assets.defs.sdk_checks import FITS_TARGET
 from qaic_assets.settings import DEFAULT_CONFIG, load_settings
@@ -68,7 +69,7 @@ def test_resources_carry_the_host_specifics(tiny_project, tmp_path):
     meta = project.instance.fetch_materializations(binary_key("tiny"), limit=1).records[0].asset_materialization.metadata
     assert meta["sdk_version"].value == "1.20.0.3"
     assert meta["command"].value.split()[0] == str(other_sdk / "exec" / "qaic-exec")
-    assert meta["path"].value.startswith(str(other_store) + "/")
+    assert meta["storage_root"].value == str(other_store) and str(resolve(meta)).startswith(str(other_store) + "/")
     assert not (project.root / "store").exists()  # the settings' storage root is untouched
 
 
@@ -86,8 +87,8 @@ def test_run_with_only_the_partition_tag(tiny_project):
         dg.AssetRecordsFilter(asset_key=binary_key("tiny"), asset_partitions=["bs2|offline-nsp14"]), limit=5).records
     assert [r.run_id for r in records] == [result.run_id]
     meta = records[0].asset_materialization.metadata
-    assert (meta["batch"].value, meta["scenario"].value, meta["nsp"].value) == (2, "offline", 14)
-    assert "/tiny/compiled/bs2/offline-nsp14/" in meta["path"].value
+    assert (meta["batch"].value, meta["scenario"].value, meta["nsp"].value) == ("2", "offline", "14")  # labels, as text
+    assert "/tiny/compiled/bs2/offline-nsp14/" in str(resolve(meta))
 
 
 def test_partition_run_tags_use_the_public_tag_names():

@@ -20,7 +20,7 @@ demo: install
 	$(PY) -m qaic_assets.demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # Postgres + Redis + two celery workers (installs the deploy extras and, as root, the servers).
 test-deploy: install

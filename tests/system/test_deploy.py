@@ -52,7 +52,8 @@ KILL_PARTITION = "bs8|offline-nsp14"
 HOSTS = {"a": "qaic-host-a", "b": "qaic-host-b"}
 
 # The orchestrator of one or more runs, in a process of its own (as the run launcher would start
-# it). argv[1]: JSON list of {"job", "partition", "from_failure"}; prints one JSON line per run.
+# it). argv[1]: JSON list of {"job", "partition", "from_failure", "force_ops"}; prints one JSON line per
+# run. `force_ops`: ops run with `force: true` (no cache, no shared identical build: the compiler runs).
 ORCHESTRATOR = r"""
 import json, sys
 import dagster as dg
@@ -63,8 +64,9 @@ with dg.DagsterInstance.get() as instance:
         job = dg.build_reconstructable_job("qaic_assets.demo", "job_for", reconstructable_args=(item["job"],))
         reexecution = (dg.ReexecutionOptions.from_failure(item["from_failure"], instance)
                        if item.get("from_failure") else None)
+        config = {"ops": {op: {"config": {"force": True}} for op in item.get("force_ops", [])}}
         with dg.execute_job(job, instance=instance, tags=tags_for(item.get("partition")),
-                            reexecution_options=reexecution) as result:
+                            run_config=None if reexecution else config, reexecution_options=reexecution) as result:
             print(json.dumps({**item, "run_id": result.run_id, "success": result.success}), flush=True)
 """
 
@@ -237,6 +239,19 @@ def _signal_exact(procs: dict[int, str | None], sig: int) -> None:
                 pass
 
 
+def _stop_tree(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the process and its descendants, wait `grace_s`, then SIGKILL whatever is left."""
+    if proc.poll() is not None:
+        return
+    procs = _signal_tree(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_exact(procs | {p: _start_time(p) for p in _tree(proc.pid)}, signal.SIGKILL)
+    proc.wait(15)
+
+
 def _uts_namespaces() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -283,14 +298,7 @@ class Worker:
 
     def stop(self) -> None:
         """Warm shutdown, then SIGKILL whatever of the worker's processes is left."""
-        if self.proc.poll() is None:
-            procs = _signal_tree(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_exact(procs | {p: _start_time(p) for p in _tree(self.proc.pid)}, signal.SIGKILL)
-            self.proc.wait(15)
+        _stop_tree(self.proc, grace_s=15)
         self._log.close()
 
 
@@ -501,7 +509,10 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     deployment["slow_flag"].write_text("slow")
     orchestrator_log = open(deployment["base"] / "orchestrator-kill.log", "w")
     orchestrator = subprocess.Popen(
-        [sys.executable, "-c", ORCHESTRATOR, json.dumps([{"job": COMPILE_JOB, "partition": KILL_PARTITION}])],
+        [sys.executable, "-c", ORCHESTRATOR, json.dumps([{"job": COMPILE_JOB, "partition": KILL_PARTITION,
+                                                 # its offline/singlestream twin is built: compile anyway
+                                                 "force_ops": [f"{m.replace('-', '_')}__compiled_binary"
+                                                               for m in MODELS]}])],
         env=env, stdout=orchestrator_log, stderr=subprocess.STDOUT, start_new_session=True)
     run = None
     try:
@@ -642,14 +653,7 @@ class Service:
                                      start_new_session=True)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            procs = _signal_tree(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_exact(procs | {p: _start_time(p) for p in _tree(self.proc.pid)}, signal.SIGKILL)
-            self.proc.wait(15)
+        _stop_tree(self.proc, grace_s=20)
         self._log.close()
 
 

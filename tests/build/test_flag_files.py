@@ -80,7 +80,8 @@ def test_a_missing_flag_file_fails_before_anything_is_written(tmp_path):
 
 
 def test_the_node_precision_file_of_a_recipe_is_keyed_for_calibration_and_compile(tmp_path):
-    root, config = project(tmp_path, recipe="retinanet", extra="    node_precision: inputs/np.yaml\n")
+    root, config = project(tmp_path, recipe="retinanet", extra="    node_precision: inputs/np.yaml\n"
+                           "    harness: {naming_sets: [{loc: ['input_0:0'], conf: ['output:0']}]}\n")  # fake SDK's names
     calibrated = service.calibrate(config, "tiny", 1)
     compiled = compile_once(config)
     assert calibrated.manifest["inputs"]["files"]["-node-precision-info"]["path"] == str(root / "inputs/np.yaml")

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from qaic_assets.build.output_stream import (  # noqa: F401  (LOG_LINE_PATTERN: re-exported)
+from qaic_assets.build.output_stream import (
     LINES_PER_S,
-    LOG_LINE_PATTERN,
     PROGRESS_MIN_INTERVAL_S,
     LogForwarder,
     OutputReader,

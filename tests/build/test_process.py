@@ -17,8 +17,8 @@ import pytest
 
 from helpers import alive, wait_gone
 
+from qaic_assets.build.output_stream import LOG_LINE_PATTERN
 from qaic_assets.build.process import (
-    LOG_LINE_PATTERN,
     CompilerError,
     CompilerFailed,
     CompilerTimeout,

@@ -239,6 +239,14 @@ def _signal_exact(procs: dict[int, str | None], sig: int) -> None:
                 pass
 
 
+def _environ(env: dict) -> pytest.MonkeyPatch:
+    """`env` set in this process until `.undo()` (pytest restores what was there before)."""
+    patch = pytest.MonkeyPatch()
+    for key, value in env.items():
+        patch.setenv(key, value)
+    return patch
+
+
 def _stop_tree(proc: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM the process and its descendants, wait `grace_s`, then SIGKILL whatever is left."""
     if proc.poll() is not None:
@@ -342,8 +350,7 @@ def deployment(servers, tmp_path_factory):
         "QAIC_SDK_ROOT": str(base / "no-sdk"),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # dagster-celery runs `celery`
     })
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # this process reads the same instance
+    environ = _environ(env)  # this process reads the same instance
     uts = _uts_namespaces()
     workers = {}
     try:
@@ -361,11 +368,7 @@ def deployment(servers, tmp_path_factory):
     finally:
         for w in workers.values():
             w.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        environ.undo()
 
 
 def orchestrate(env: dict, runs: list[dict], timeout: float = 600) -> list[dict]:
@@ -693,8 +696,7 @@ def split_hosts(servers, tmp_path_factory):
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     })
     compile_env = dict(env, QAIC_SDK_ROOT=str(sdk))  # the compile hosts: the stand-in SDK
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    environ = _environ(env)
     workers, services = {}, {}
     try:
         workers["a"] = Worker("split-a", [deploy.compile_queue(env), deploy.DEFAULT_QUEUE], compile_env,
@@ -727,11 +729,7 @@ def split_hosts(servers, tmp_path_factory):
             s.stop()
         for w in workers.values():
             w.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        environ.undo()
 
 
 def sensor_ticks(webserver: str) -> list[dict]:

@@ -5,10 +5,11 @@ compile (`build/accuracy.evaluate`, as the compile op does) unless --no-check. T
 Dagster mode is then only Dagster: runs, step processes, event log, and the demo's own bookkeeping.
 
 Modes:
-  parallel  the runs `make demo` makes, in the same order (sources; one group per calibration batch;
-            one group per (batch, target)), each group on 2 long-lived worker processes, a barrier
-            between groups, as Dagster runs them one after another with max_concurrent=2;
-  free      one pool of 2 workers, no barriers: a compile starts as soon as its profile exists;
+  parallel  the runs `make demo` makes (`demo.plan_runs`: sources; one group per calibration batch;
+            one group per (batch, target)), scheduled as the demo schedules them: 2 long-lived
+            worker processes, each executing a group's units one after another, a group starting
+            once the groups it depends on (`PlannedRun.after`) have finished;
+  free      one pool of 2 workers, no groups: a compile starts as soon as its profile exists;
   serial    one unit after another in this process (the seed's CM loop).
 
 Prints one JSON line: wall time, per-phase wall times, per-unit timings.
@@ -36,12 +37,12 @@ def _config():
 
 
 def _warm(_: int) -> int:
-    """Import what the units need in a worker (outside the timed region) and hold it a moment, so
-    both workers of the pool are started."""
+    """Start a worker (the timed region includes it, as the demo's includes starting its run workers)
+    with what the units need imported; held a moment, so that every worker of the pool is started."""
     from qaic_assets.build import accuracy, service  # noqa: F401
 
     _config()
-    time.sleep(0.5)
+    time.sleep(0.1)
     return os.getpid()
 
 
@@ -85,26 +86,41 @@ def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool) -
     return result
 
 
-def groups(config) -> list[tuple[str, list[tuple]]]:
-    """The units of `demo.materialize_matrix`'s runs, in its order (observe needs no compiler)."""
+def planned_groups(config) -> list[tuple[str, list[tuple], tuple[int, ...]]]:
+    """The units of `demo.materialize_matrix`'s runs, in its order, with the groups each waits for
+    (observing the SDK needs no compiler: that run's group is empty)."""
+    from qaic_assets.demo import plan_runs
+    from qaic_assets.defs.keys import binary_key, profile_key, source_key
     from qaic_assets.settings import parse_batch_key, parse_target_key
-    from qaic_assets.defs.jobs import matrix_jobs
 
-    out = [("sources", [("source", m) for m in config.model_names])]
-    by_jobs: dict[tuple[str, str], list[str]] = {}
-    for model, jobs in matrix_jobs(config).items():
-        by_jobs.setdefault(jobs, []).append(model)
-    for models in by_jobs.values():
-        matrix = config.matrix_of(models[0])
-        quantized = [m for m in models if config.model(m).quantize]
-        for b in matrix.batch_keys:
-            if quantized:
-                out.append((f"calibrate {b}", [("calibrate", m, parse_batch_key(b)) for m in quantized]))
-        for b in matrix.batch_keys:
-            for t in matrix.targets:
-                scenario, nsp = parse_target_key(t)
-                out.append((f"compile {b}|{t}", [("compile", m, parse_batch_key(b), scenario, nsp) for m in models]))
+    out = []
+    for run in plan_runs(config):
+        units = []
+        for step in run.steps:
+            if step.model is None:
+                continue
+            if step.key == source_key(step.model):
+                units.append(("source", step.model))
+            elif step.key == profile_key(step.model):
+                units.append(("calibrate", step.model, parse_batch_key(step.partition)))
+            elif step.key == binary_key(step.model):
+                batch, target = step.partition.split("|")
+                units.append(("compile", step.model, parse_batch_key(batch), *parse_target_key(target)))
+        out.append((run.label, units, run.after))
     return out
+
+
+def call_unit(u: tuple, check: bool) -> dict:
+    if u[0] == "source":
+        return source_unit(u[1])
+    if u[0] == "calibrate":
+        return calibrate_unit(u[1], u[2])
+    return compile_unit(*u[1:], check)
+
+
+def run_group(us: list[tuple], check: bool) -> list[dict]:
+    """A group's units one after another in one worker, as a demo run executes its steps."""
+    return [call_unit(u, check) for u in us]
 
 
 def main() -> int:
@@ -115,67 +131,65 @@ def main() -> int:
     args = ap.parse_args()
     check = not args.no_check
 
-
-
     from qaic_assets.build import accuracy, service  # noqa: F401  (imports outside the timed region)
 
     config = _config()
-    plan = groups(config)
+    planned = planned_groups(config)
     units: list[dict] = []
     phases: list[dict] = []
 
-    def run_unit(pool, u):
-        kind = u[0]
-        if kind == "source":
-            fn, a = source_unit, (u[1],)
-        elif kind == "calibrate":
-            fn, a = calibrate_unit, (u[1], u[2])
-        else:
-            fn, a = compile_unit, (*u[1:], check)
-        return pool.submit(fn, *a) if pool else fn(*a)
-
-    def record(r):
-        units.append(r)
-
-    pool = None
-    if args.mode in ("parallel", "free"):
-        pool = ProcessPoolExecutor(max_workers=args.workers)
-        list(pool.map(_warm, range(args.workers)))
     t0 = time.time()
-    if args.mode == "free":
-        # sources first (every unit needs them), then one pool, no barriers
+    pool = ProcessPoolExecutor(max_workers=args.workers) if args.mode in ("parallel", "free") else None
+    if pool:
+        list(pool.map(_warm, range(args.workers)))
+    if args.mode == "parallel":
+        done: set[int] = set()
+        going: dict = {}
+        starts: dict[int, float] = {}
+        while len(done) < len(planned):
+            for i, (name, us, after) in enumerate(planned):
+                if i not in done and i not in going.values() and all(j in done for j in after):
+                    if not us:
+                        done.add(i)
+                        continue
+                    starts[i] = time.time()
+                    going[pool.submit(run_group, us, check)] = i
+            if not going:
+                continue
+            finished, _ = wait(going, return_when=FIRST_COMPLETED)
+            for f in finished:
+                i = going.pop(f)
+                units.extend(f.result())
+                done.add(i)
+                phases.append({"phase": planned[i][0], "start": starts[i], "wall_s": time.time() - starts[i]})
+    elif args.mode == "free":
+        # sources first (every unit needs them), then one pool, no groups
+        all_units = [u for _, us, _ in planned for u in us]
         p0 = time.time()
-        for f in [run_unit(pool, u) for u in plan[0][1]]:
-            record(f.result())
+        for f in [pool.submit(call_unit, u, check) for u in all_units if u[0] == "source"]:
+            units.append(f.result())
         phases.append({"phase": "sources", "wall_s": time.time() - p0})
-        calib = [u for name, us in plan[1:] if name.startswith("calibrate") for u in us]
-        comps = [u for name, us in plan[1:] if name.startswith("compile") for u in us]
         p0 = time.time()
-        pending = {run_unit(pool, u): u for u in calib}
+        pending = {pool.submit(call_unit, u, check): u for u in all_units if u[0] == "calibrate"}
+        waiting = [u for u in all_units if u[0] == "compile"]
         done_profiles = set()
-        waiting = list(comps)
         quantized = {m for m in config.model_names if config.model(m).quantize}
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
                 u = pending.pop(f)
-                record(f.result())
+                units.append(f.result())
                 if u[0] == "calibrate":
                     done_profiles.add((u[1], u[2]))
             ready = [u for u in waiting if u[1] not in quantized or (u[1], u[2]) in done_profiles]
             for u in ready:
                 waiting.remove(u)
-                pending[run_unit(pool, u)] = u
+                pending[pool.submit(call_unit, u, check)] = u
         phases.append({"phase": "calibrate+compile", "wall_s": time.time() - p0})
     else:
-        for name, us in plan:
+        for name, us, _ in planned:
             p0 = time.time()
-            if pool:
-                for f in [run_unit(pool, u) for u in us]:
-                    record(f.result())
-            else:
-                for u in us:
-                    record(run_unit(None, u))
+            units.extend(run_group(us, check))
             phases.append({"phase": name, "wall_s": time.time() - p0})
     t1 = time.time()
     if pool:

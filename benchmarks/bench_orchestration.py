@@ -5,14 +5,15 @@ regenerates them) and, for Dagster, an empty DAGSTER_HOME with the project's dag
 `qaic_compile` limit 2). Modes, each in a fresh child process, timed inside it after its imports:
 
   dagster        `demo.materialize_matrix` exactly as `make demo` runs it (observe, sources, one run per
-                 calibration batch, one run per (batch, target); multiprocess executor max_concurrent=2),
-                 with the demo's step start method (forkserver, preloaded definitions)
-  dagster-spawn  the same with Dagster's default start method, spawn (a fresh interpreter per step):
-                 the "before" of the optimisation
+                 calibration batch, one run per (batch, target); 2 run workers started by a forkserver
+                 with preloaded definitions, each executing a run's steps in-process, a run starting
+                 once the runs it depends on have finished)
+  dagster-spawn  the same with run workers started by spawn (a fresh interpreter each)
   direct         the same builds through the same build service the assets call (build/service.py: same
                  argv, hashing, manifest, cache, locks, shared identical CPU builds), in the same groups
-                 and order as the runs, each group on 2 long-lived worker processes with a barrier
-                 between groups: the difference is Dagster and the demo's bookkeeping only
+                 and schedule as the runs (`demo.plan_runs`: 2 worker processes, a group's units one
+                 after another, a group starting once the groups it depends on have finished): the
+                 difference is Dagster and the demo's bookkeeping only
   serial         the same builds one after another (the seed's CM loop)
   <mode>+before  (--before) the same with ONNX Runtime's default thread spinning restored in the
                  calibration and accuracy-check sessions of every process (benchmarks/common.py:
@@ -91,21 +92,12 @@ def calls_in(shadow: Path, storage: Path, t0: float, t1: float) -> list:
 
 
 def dagster_breakdown(r: dict) -> dict:
-    """Slot-seconds of the Dagster steps: process start, job load in the step, step body; and the
-    check results reused from the content-addressed store."""
-    spawn = load = body = 0.0
-    steps = 0
-    run_overhead = 0.0
-    for run in r["runs"]:
-        run_overhead += (run["start"] - run["created"])
-        for s in run["steps"]:
-            if not s["worker_starting"] or not s["end"]:
-                continue
-            steps += 1
-            spawn += s["worker_started"] - s["worker_starting"]
-            load += s["start"] - s["worker_started"]
-            body += s["end"] - s["start"]
-    return {"steps": steps, "spawn_s": spawn, "load_s": load, "body_s": body, "run_create_s": run_overhead}
+    """Seconds of the Dagster runs: in step bodies (the build, the check, the metadata) and the rest
+    of each run (creating it, starting and ending it and its steps), summed over the runs."""
+    body = sum(s["end"] - s["start"] for run in r["runs"] for s in run["steps"] if s["start"] and s["end"])
+    total = sum(run["end"] - run["created"] for run in r["runs"] if run["end"])
+    return {"runs": len(r["runs"]), "steps": sum(len(run["steps"]) for run in r["runs"]),
+            "body_s": body, "outside_steps_s": total - body}
 
 
 def direct_breakdown(r: dict) -> dict:
@@ -202,6 +194,10 @@ def main() -> int:
               f"(target {n_binaries // 2}: partitions with an identical applied command built once: "
               f"{'met' if max(compiles) <= n_binaries // 2 else 'NOT met'})")
     for m in modes:
+        if m.startswith("dagster"):
+            b = dagster_breakdown(results[m][-1])
+            print(f"{m}: {b['runs']} runs, {b['steps']} steps; in step bodies {b['body_s']:.1f} s, in the runs "
+                  f"outside them {b['outside_steps_s']:.1f} s (summed over runs; last round)")
         if m.startswith("direct"):
             b = direct_breakdown(results[m][-1])
             print(f"{m}: accuracy checks {b['checks']} ({b['checks_reused']} reused from the content-addressed "

@@ -1,9 +1,11 @@
 """The main job behind `make demo`: materialize the whole matrix in the local Dagster instance.
 
-Runs, in order: observe `qaic_sdk`; `source_models`; one calibration run per batch partition; one
-compile run per (batch, target) partition. Each run executes its steps in parallel (multiprocess
-executor) within the `qaic_compile` pool, and is recorded in the instance, so the UI
-(`make ui`) shows the same materializations afterwards. Ends with a table of what was built.
+Runs: observe `qaic_sdk`; `source_models`; one calibration run per batch partition; one compile run
+per (batch, target) partition. Two runs go at once, each in a run worker process of its own that
+executes its steps one after another (Dagster's in-process executor): a run starts as soon as the
+runs it depends on have finished, so a core is never left waiting for another run's slowest step
+(docs/BENCHMARKS.md). Every run is recorded in the instance, so the UI (`make ui`) shows the same
+materializations afterwards. Ends with a table of what was built.
 
 Quiet and alive: a step found up to date before its run is launched (defs/freshness.py) is not run
 at all; the others are followed from the event log (defs/progress.py: a live display on a terminal,
@@ -17,8 +19,11 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +38,11 @@ from qaic_assets.settings import Settings, load_settings
 DEMO_TAG = "qaic_assets/demo_run"
 
 
-#: How the multiprocess executor starts a step's process (env QAIC_ASSETS_START_METHOD overrides).
-#: `forkserver` forks every step from one server process per demo that has already imported dagster
-#: and built the definitions (PRELOAD); Dagster's default, `spawn`, starts a fresh interpreter per step
-#: that imports them again: ~1.5-3 s per step on a loaded 2-core machine, about half of the
-#: orchestration overhead of the default matrix (docs/BENCHMARKS.md).
+#: How a process of the demo's runs starts (env QAIC_ASSETS_START_METHOD overrides): a run worker,
+#: and a step's process under the multiprocess executor. `forkserver` forks each from one server
+#: process per demo that has already imported dagster and built the definitions (PRELOAD); `spawn`
+#: starts a fresh interpreter that imports them again: ~1.5-3 s per process on a loaded 2-core
+#: machine (docs/BENCHMARKS.md).
 START_METHOD_ENV = "QAIC_ASSETS_START_METHOD"
 DEFAULT_START_METHOD = "forkserver"
 PRELOAD = ["dagster", "qaic_assets.definitions"]
@@ -63,16 +68,22 @@ def instance_modules(instance: dg.DagsterInstance | None) -> list[str]:
 
 
 def run_config(max_concurrent: int = 2, method: str | None = None,
-               instance: dg.DagsterInstance | None = None) -> dict:
+               instance: dg.DagsterInstance | None = None, *, in_process: bool = False) -> dict:
     """Run config of a demo run: the deployment's execution config (deploy.execution_run_config), with
-    the step start method set when it is the multiprocess executor, and console logs at WARNING."""
+    the step start method set when it is the multiprocess executor, or Dagster's in-process executor
+    when `in_process` (and the deployment's executor is the default one); console logs at WARNING."""
     config = execution_run_config(max_concurrent)
     multiprocess = config.get("execution", {}).get("config", {}).get("multiprocess")
-    if multiprocess is not None:
+    if multiprocess is not None and in_process:
+        config = {"execution": {"config": {"in_process": {}}}}
+    elif multiprocess is not None:
         method = start_method(method)
-        preload = [PRELOAD[0], *instance_modules(instance), *PRELOAD[1:]]
-        multiprocess["start_method"] = {method: {"preload_modules": preload} if method == "forkserver" else {}}
+        multiprocess["start_method"] = {method: {"preload_modules": preload(instance)} if method == "forkserver" else {}}
     return {**config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def preload(instance: dg.DagsterInstance | None) -> list[str]:
+    return [PRELOAD[0], *instance_modules(instance), *PRELOAD[1:]]
 
 
 def job_for(name: str) -> dg.JobDefinition:
@@ -84,14 +95,35 @@ def job_for(name: str) -> dg.JobDefinition:
 
 def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = None,
             max_concurrent: int = 2, method: str | None = None, *, tags: dict | None = None,
-            asset_selection: list[dg.AssetKey] | None = None) -> dg.ExecuteJobResult:
+            asset_selection: list[dg.AssetKey] | None = None, in_process: bool = False) -> dg.ExecuteJobResult:
     from qaic_assets.defs.jobs import partition_run_tags
 
     tags = {**(tags or {}), **partition_run_tags(partition)}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
-    config = run_config(max_concurrent, method, instance)
+    config = run_config(max_concurrent, method, instance, in_process=in_process)
     with dg.execute_job(job, instance=instance, run_config=config, tags=tags, asset_selection=asset_selection) as result:
         return result
+
+
+_WORKER_INSTANCE: dg.DagsterInstance | None = None
+
+
+def _start_worker(home: str) -> None:
+    """A run worker opens the demo's instance once (DAGSTER_HOME: its root directory)."""
+    global _WORKER_INSTANCE
+    os.environ["DAGSTER_HOME"] = home
+    _WORKER_INSTANCE = dg.DagsterInstance.get()
+
+
+def _worker_ready() -> int:
+    return os.getpid()
+
+
+def _worker_run(job: str, partition: str | None, token: str, keys: list[list[str]]) -> bool:
+    """One demo run in a run worker, its steps one after another in this process."""
+    result = run_job(_WORKER_INSTANCE, job, partition, tags={DEMO_TAG: token},
+                     asset_selection=[dg.AssetKey(k) for k in keys], in_process=True)
+    return result.success
 
 
 @dataclass
@@ -99,6 +131,7 @@ class PlannedRun:
     job: str
     partition: str | None
     steps: list[Step] = field(default_factory=list)
+    after: tuple[int, ...] = ()  # indexes of the runs that must have finished before this one starts
 
     @property
     def label(self) -> str:
@@ -106,22 +139,32 @@ class PlannedRun:
 
 
 def plan_runs(config: Settings) -> list[PlannedRun]:
-    """Every run of the default matrix, in dependency order, with the asset partitions each makes."""
+    """Every run of the default matrix, in dependency order, with the asset partitions each makes and
+    the runs each waits for: a calibration run waits for the SDK observation and the sources; a
+    compile run also for its batch's calibration run and the compile runs of that batch before it
+    (whose identical CPU builds it shares rather than builds again)."""
     from qaic_assets.defs.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
     runs = [PlannedRun(OBSERVE_JOB, None, [Step(SDK_KEY)]),
             PlannedRun(SOURCES_JOB, None, [Step(source_key(m), m) for m in config.model_names])]
+    first = (0, 1)
     groups: dict[tuple[str, str], list[str]] = {}
     for model, jobs in matrix_jobs(config).items():
         groups.setdefault(jobs, []).append(model)
     for (calib_job, compile_job), models in groups.items():
         matrix = config.matrix_of(models[0])
         quantized = [m for m in models if config.model(m).quantize]
+        calibration: dict[str, int] = {}
         if quantized:
-            runs += [PlannedRun(calib_job, b, [Step(profile_key(m), m, b) for m in quantized])
-                     for b in matrix.batch_keys]
-        runs += [PlannedRun(compile_job, f"{b}|{t}", [Step(binary_key(m), m, f"{b}|{t}") for m in models])
-                 for b in matrix.batch_keys for t in matrix.targets]
+            for b in matrix.batch_keys:
+                calibration[b] = len(runs)
+                runs.append(PlannedRun(calib_job, b, [Step(profile_key(m), m, b) for m in quantized], first))
+        for b in matrix.batch_keys:
+            after = (*first, *([calibration[b]] if b in calibration else []))
+            for t in matrix.targets:
+                runs.append(PlannedRun(compile_job, f"{b}|{t}", [Step(binary_key(m), m, f"{b}|{t}") for m in models],
+                                       after))
+                after = (*after, len(runs) - 1)
     return runs
 
 
@@ -136,35 +179,101 @@ def _step_keys(defs: dg.Definitions, steps: list[Step]) -> dict[str, Step]:
     return {graph.get(s.key).assets_def.node_def.name: s for s in steps}
 
 
+#: Runs going at once, each in a run worker process (Dagster sets a run's logging up process-wide, so
+#: runs cannot share a process). Each worker keeps one core busy with one step at a time: as many
+#: as the `qaic_compile` pool's default limit in dagster_home/dagster.yaml.
+RUN_WORKERS = 2
+
+
+def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None) -> ProcessPoolExecutor:
+    context = multiprocessing.get_context(start_method(method))
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(preload(instance))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                               initargs=(str(instance.root_directory),))
+
+
+def _fail_lost_run(instance: dg.DagsterInstance, token: str, why: str) -> None:
+    """A run whose worker died (killed, out of memory) is recorded as failed, not left STARTED."""
+    for run in instance.get_runs(filters=dg.RunsFilter(tags={DEMO_TAG: token}), limit=1):
+        if not run.is_finished:
+            instance.report_run_failed(run, message=why)
+
+
 def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: str | None = None,
-                       progress: PlainProgress | None = None) -> list[tuple[str, str | None, bool]]:
-    """Every run of the default matrix, in dependency order; returns (job, partition, success).
-    A run whose steps are all up to date is not launched (success, no run); `method`: the step start
-    method (default: start_method())."""
+                       progress: PlainProgress | None = None,
+                       workers: int = RUN_WORKERS) -> list[tuple[str, str | None, bool]]:
+    """Every run of the default matrix, on `workers` run worker processes: a run is launched once the
+    runs it depends on have finished (a failed one included: its dependents then say what is
+    missing). Whether a run's steps are up to date is decided just before it would launch; a run
+    with nothing to do is not launched (success, no run). Returns (job, partition, success) in plan
+    order. `method`: how the workers start (default: start_method())."""
     from qaic_assets.definitions import defs
 
     runs = plan_runs(config)
     graph = defs.resolve_asset_graph()
     freshness = Freshness(config, instance, {s.key: graph.get(s.key).code_version for r in runs for s in r.steps})
     progress = progress or PlainProgress(len(runs), sum(len(r.steps) for r in runs))
-    outcomes = []
-    for run in runs:
+    outcomes: dict[int, bool] = {}
+    going: dict[Future, tuple[int, str, RunFollower]] = {}
+    pool = _run_workers(instance, workers, method)
+    # the workers start now (from a thread: starting one waits for the forkserver's preload), while
+    # this process runs the first runs
+    threading.Thread(target=lambda: [pool.submit(_worker_ready) for _ in range(workers)], daemon=True).start()
+
+    def launch(i: int) -> None:
+        run = runs[i]
         stale = [s for s in run.steps if not freshness.up_to_date(s)]
         for s in run.steps:
             if s not in stale:
                 progress.step_done(step_label(s), UP_TO_DATE)
         if not stale:
             progress.run_done()
-            outcomes.append((run.job, run.partition, True))
-            continue
+            outcomes[i] = True
+            return
         token = uuid.uuid4().hex
         labels = {key: step_label(s) for key, s in _step_keys(defs, stale).items()}
-        with RunFollower(instance, (DEMO_TAG, token), labels, progress):
-            result = run_job(instance, run.job, run.partition, method=method, tags={DEMO_TAG: token},
-                             asset_selection=[s.key for s in stale])
-        progress.run_done()
-        outcomes.append((run.job, run.partition, result.success))
-    return outcomes
+        follower = RunFollower(instance, (DEMO_TAG, token), labels, progress).__enter__()
+        if not run.after:  # observing the SDK, the sources: no compiler; here, while the workers start
+            try:
+                result = run_job(instance, run.job, run.partition, tags={DEMO_TAG: token},
+                                 asset_selection=[s.key for s in stale], in_process=True)
+            finally:
+                follower.__exit__(None, None, None)
+                progress.run_done()
+            outcomes[i] = result.success
+            return
+        future = pool.submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale])
+        going[future] = (i, token, follower)
+
+    try:
+        while len(outcomes) < len(runs):
+            started = {i for i, _, _ in going.values()}
+            for i, run in enumerate(runs):
+                if i not in outcomes and i not in started and all(j in outcomes for j in run.after):
+                    launch(i)
+            if not going:
+                continue
+            finished, _ = wait(going, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, token, follower = going.pop(future)
+                try:
+                    outcomes[i] = future.result()
+                except BrokenProcessPool as exc:  # the worker died mid-run: a new pool for the rest
+                    _fail_lost_run(instance, token, f"the demo's run worker died: {exc}")
+                    outcomes[i] = False
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = _run_workers(instance, workers, method)
+                    for other in list(going):  # the other runs of the broken pool go again
+                        j, other_token, other_follower = going.pop(other)
+                        _fail_lost_run(instance, other_token, "the demo's other run worker died; run again")
+                        other_follower.__exit__(None, None, None)
+                        launch(j)
+                follower.__exit__(None, None, None)
+                progress.run_done()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [(run.job, run.partition, outcomes[i]) for i, run in enumerate(runs)]
 
 
 def _latest_checks(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str]:

@@ -111,6 +111,14 @@ models:
 """
 
 
+def read_exits(sdk: Path) -> dict[int, dict]:
+    """pid -> {"end", "code"} of the fake compiler's normal exits (tests/fake_sdk/qaic-exec)."""
+    path = sdk / "calls.exits.jsonl"
+    if not path.exists():
+        return {}
+    return {r["pid"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
 def tiny_model(path: Path) -> Path:
     """input [batch_size, 4] -> MatMul -> ArgMax: enough for the fake SDK and the size checks."""
     import numpy as np

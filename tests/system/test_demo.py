@@ -115,3 +115,4 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
     assert "Traceback" not in done.stdout + done.stderr and "SdkError" not in done.stdout + done.stderr
     assert "failed runs: calibration_profiles bs1" in done.stdout
     assert "SdkError" in (project.home / "logs" / "demo.log").read_text()  # the stack traces are kept there
+

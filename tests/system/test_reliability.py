@@ -29,7 +29,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from fake_sdk import read_calls, write_tiny_files
+from fake_sdk import read_calls, read_exits, write_tiny_files
 from helpers import latest, wait_gone
 from qaic_assets.defs.keys import binary_key, profile_key, source_key
 from qaic_assets.settings import ConfigError, load_settings
@@ -189,14 +189,6 @@ def project(template, tmp_path, monkeypatch):
         yield Project(root, instance)
 
 
-
-
-def read_exits(sdk: Path) -> dict[int, dict]:
-    """pid -> {"end", "code"} of the fake compiler's normal exits (tests/fake_sdk/qaic-exec)."""
-    path = sdk / "calls.exits.jsonl"
-    if not path.exists():
-        return {}
-    return {r["pid"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):

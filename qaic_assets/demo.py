@@ -31,7 +31,7 @@ import dagster as dg
 
 from qaic_assets.defs.executor import execution_run_config
 from qaic_assets.defs.freshness import Freshness, Step
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.defs.progress import UP_TO_DATE, PlainProgress, RunFollower, progress_for
 from qaic_assets.settings import Settings, load_settings
 
@@ -179,10 +179,19 @@ def _step_keys(defs: dg.Definitions, steps: list[Step]) -> dict[str, Step]:
     return {graph.get(s.key).assets_def.node_def.name: s for s in steps}
 
 
-#: Runs going at once, each in a run worker process (Dagster sets a run's logging up process-wide, so
-#: runs cannot share a process). Each worker keeps one core busy with one step at a time: as many
-#: as the `qaic_compile` pool's default limit in dagster_home/dagster.yaml.
+#: Runs going at once at most, each in a run worker process (Dagster sets a run's logging up
+#: process-wide, so runs cannot share a process), each worker one step at a time.
 RUN_WORKERS = 2
+
+
+def run_workers_for(instance: dg.DagsterInstance, most: int = RUN_WORKERS) -> int:
+    """As many run workers as the `qaic_compile` pool lets compilers run (its limit set in the
+    instance, else dagster.yaml's default), at most `most`: then the demo never holds more compile
+    steps than the pool allows, even when two workers claim a slot at the same instant (Dagster's
+    SQLite storage can grant both)."""
+    limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
+    limit = limits.get(POOL, instance.global_op_concurrency_default_limit)
+    return most if limit is None else max(1, min(most, int(limit)))
 
 
 def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None) -> ProcessPoolExecutor:
@@ -202,8 +211,9 @@ def _fail_lost_run(instance: dg.DagsterInstance, token: str, why: str) -> None:
 
 def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: str | None = None,
                        progress: PlainProgress | None = None,
-                       workers: int = RUN_WORKERS) -> list[tuple[str, str | None, bool]]:
-    """Every run of the default matrix, on `workers` run worker processes: a run is launched once the
+                       workers: int | None = None) -> list[tuple[str, str | None, bool]]:
+    """Every run of the default matrix, on `workers` run worker processes (default:
+    run_workers_for(instance)): a run is launched once the
     runs it depends on have finished (a failed one included: its dependents then say what is
     missing). Whether a run's steps are up to date is decided just before it would launch; a run
     with nothing to do is not launched (success, no run). Returns (job, partition, success) in plan
@@ -211,15 +221,23 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     from qaic_assets.definitions import defs
 
     runs = plan_runs(config)
+    workers = workers or run_workers_for(instance)
     graph = defs.resolve_asset_graph()
     freshness = Freshness(config, instance, {s.key: graph.get(s.key).code_version for r in runs for s in r.steps})
     progress = progress or PlainProgress(len(runs), sum(len(r.steps) for r in runs))
     outcomes: dict[int, bool] = {}
     going: dict[Future, tuple[int, str, RunFollower]] = {}
-    pool = _run_workers(instance, workers, method)
-    # the workers start now (from a thread: starting one waits for the forkserver's preload), while
-    # this process runs the first runs
-    threading.Thread(target=lambda: [pool.submit(_worker_ready) for _ in range(workers)], daemon=True).start()
+    pool: ProcessPoolExecutor | None = None
+
+    def run_workers() -> ProcessPoolExecutor:
+        """The run workers, started with the first run to launch (none when all is up to date): from a
+        thread, as starting one waits for the forkserver's preload, while this process goes on."""
+        nonlocal pool
+        if pool is None:
+            pool = _run_workers(instance, workers, method)
+            threading.Thread(target=lambda p=pool: [p.submit(_worker_ready) for _ in range(workers)],
+                             daemon=True).start()
+        return pool
 
     def launch(i: int) -> None:
         run = runs[i]
@@ -231,19 +249,20 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
             progress.run_done()
             outcomes[i] = True
             return
+        run_workers()
         token = uuid.uuid4().hex
         labels = {key: step_label(s) for key, s in _step_keys(defs, stale).items()}
         follower = RunFollower(instance, (DEMO_TAG, token), labels, progress).__enter__()
         if not run.after:  # observing the SDK, the sources: no compiler; here, while the workers start
-            try:
-                result = run_job(instance, run.job, run.partition, tags={DEMO_TAG: token},
-                                 asset_selection=[s.key for s in stale], in_process=True)
+            try:  # several sources (a stand-in is generated the first time): side by side, as processes
+                result = run_job(instance, run.job, run.partition, method=method, tags={DEMO_TAG: token},
+                                 asset_selection=[s.key for s in stale], in_process=len(stale) == 1)
             finally:
                 follower.__exit__(None, None, None)
                 progress.run_done()
             outcomes[i] = result.success
             return
-        future = pool.submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale])
+        future = run_workers().submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale])
         going[future] = (i, token, follower)
 
     try:
@@ -263,7 +282,7 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
                     _fail_lost_run(instance, token, f"the demo's run worker died: {exc}")
                     outcomes[i] = False
                     pool.shutdown(wait=False, cancel_futures=True)
-                    pool = _run_workers(instance, workers, method)
+                    pool = None
                     for other in list(going):  # the other runs of the broken pool go again
                         j, other_token, other_follower = going.pop(other)
                         _fail_lost_run(instance, other_token, "the demo's other run worker died; run again")
@@ -272,7 +291,8 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
                 follower.__exit__(None, None, None)
                 progress.run_done()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return [(run.job, run.partition, outcomes[i]) for i, run in enumerate(runs)]
 
 

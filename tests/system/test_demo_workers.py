@@ -54,7 +54,8 @@ def _overlap(spans) -> bool:
 
 def test_runs_go_two_at_once_within_the_compile_pool(tmp_path):
     """The two calibration runs (bs1, bs2) start together on the two run workers, so their compilers
-    overlap; with the `qaic_compile` pool limited to 1 (dagster.yaml), they never do."""
+    overlap; with the `qaic_compile` pool limited to 1 (dagster.yaml) the demo has one run worker, so
+    they never do (two workers claiming the one slot at the same instant could both get it)."""
     spans = {}
     for limit in (2, 1):
         instance_yaml = yaml.safe_load((REPO / "dagster_home" / "dagster.yaml").read_text())

@@ -1,10 +1,10 @@
 """The main job behind `make demo`: materialize the whole matrix in the local Dagster instance.
 
 Runs: observe `qaic_sdk`; `source_models`; one calibration run per batch partition; one compile run
-per (batch, target) partition. Two runs go at once, each in a run worker process of its own that
-executes its steps one after another (Dagster's in-process executor): a run starts as soon as the
-runs it depends on have finished, so a core is never left waiting for another run's slowest step
-(docs/BENCHMARKS.md). Every run is recorded in the instance, so the UI (`make ui`) shows the same
+per (batch, target) partition. Two runs go at once (as many as the `qaic_compile` pool allows), each
+in a run worker process of its own that executes its steps one after another (Dagster's in-process
+executor): a run starts as soon as the runs it depends on have finished, so a core is never left
+waiting for another run's slowest step (docs/BENCHMARKS.md). Every run is recorded in the instance, so the UI (`make ui`) shows the same
 materializations afterwards. Ends with a table of what was built.
 
 Quiet and alive: a step found up to date before its run is launched (defs/freshness.py) is not run
@@ -213,9 +213,8 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
                        progress: PlainProgress | None = None,
                        workers: int | None = None) -> list[tuple[str, str | None, bool]]:
     """Every run of the default matrix, on `workers` run worker processes (default:
-    run_workers_for(instance)): a run is launched once the
-    runs it depends on have finished (a failed one included: its dependents then say what is
-    missing). Whether a run's steps are up to date is decided just before it would launch; a run
+    run_workers_for(instance)): a run is launched once the runs it depends on have finished (a
+    failed one included: its dependents then say what is missing). Whether a run's steps are up to date is decided just before it would launch; a run
     with nothing to do is not launched (success, no run). Returns (job, partition, success) in plan
     order. `method`: how the workers start (default: start_method())."""
     from qaic_assets.definitions import defs
@@ -254,9 +253,9 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
         labels = {key: step_label(s) for key, s in _step_keys(defs, stale).items()}
         follower = RunFollower(instance, (DEMO_TAG, token), labels, progress).__enter__()
         if not run.after:  # observing the SDK, the sources: no compiler; here, while the workers start
-            try:  # several sources (a stand-in is generated the first time): side by side, as processes
-                result = run_job(instance, run.job, run.partition, method=method, tags={DEMO_TAG: token},
-                                 asset_selection=[s.key for s in stale], in_process=len(stale) == 1)
+            try:  # in-process: step processes would wait for the forkserver's preload, here the first time
+                result = run_job(instance, run.job, run.partition, tags={DEMO_TAG: token},
+                                 asset_selection=[s.key for s in stale], in_process=True)
             finally:
                 follower.__exit__(None, None, None)
                 progress.run_done()
@@ -275,6 +274,8 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
                 continue
             finished, _ = wait(going, return_when=FIRST_COMPLETED)
             for future in finished:
+                if future not in going:  # relaunched after its pool broke (below)
+                    continue
                 i, token, follower = going.pop(future)
                 try:
                     outcomes[i] = future.result()

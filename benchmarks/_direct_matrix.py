@@ -9,7 +9,6 @@ Modes:
             one group per (batch, target)), scheduled as the demo schedules them: 2 long-lived
             worker processes, each executing a group's units one after another, a group starting
             once the groups it depends on (`PlannedRun.after`) have finished;
-  free      one pool of 2 workers, no groups: a compile starts as soon as its profile exists;
   serial    one unit after another in this process (the seed's CM loop).
 
 Prints one JSON line: wall time, per-phase wall times, per-unit timings.
@@ -125,7 +124,7 @@ def run_group(us: list[tuple], check: bool) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["parallel", "free", "serial"], required=True)
+    ap.add_argument("--mode", choices=["parallel", "serial"], required=True)
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
@@ -139,7 +138,7 @@ def main() -> int:
     phases: list[dict] = []
 
     t0 = time.time()
-    pool = ProcessPoolExecutor(max_workers=args.workers) if args.mode in ("parallel", "free") else None
+    pool = ProcessPoolExecutor(max_workers=args.workers) if args.mode == "parallel" else None
     if pool:
         list(pool.map(_warm, range(args.workers)))
     if args.mode == "parallel":
@@ -162,30 +161,6 @@ def main() -> int:
                 units.extend(f.result())
                 done.add(i)
                 phases.append({"phase": planned[i][0], "start": starts[i], "wall_s": time.time() - starts[i]})
-    elif args.mode == "free":
-        # sources first (every unit needs them), then one pool, no groups
-        all_units = [u for _, us, _ in planned for u in us]
-        p0 = time.time()
-        for f in [pool.submit(call_unit, u, check) for u in all_units if u[0] == "source"]:
-            units.append(f.result())
-        phases.append({"phase": "sources", "wall_s": time.time() - p0})
-        p0 = time.time()
-        pending = {pool.submit(call_unit, u, check): u for u in all_units if u[0] == "calibrate"}
-        waiting = [u for u in all_units if u[0] == "compile"]
-        done_profiles = set()
-        quantized = {m for m in config.model_names if config.model(m).quantize}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                u = pending.pop(f)
-                units.append(f.result())
-                if u[0] == "calibrate":
-                    done_profiles.add((u[1], u[2]))
-            ready = [u for u in waiting if u[1] not in quantized or (u[1], u[2]) in done_profiles]
-            for u in ready:
-                waiting.remove(u)
-                pending[pool.submit(call_unit, u, check)] = u
-        phases.append({"phase": "calibrate+compile", "wall_s": time.time() - p0})
     else:
         for name, us, _ in planned:
             p0 = time.time()

@@ -3,7 +3,6 @@ fails its run, not the demo; as many workers as the compile pool allows."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -16,15 +15,12 @@ from test_demo import _demo, _steps
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_a_run_worker_that_dies_fails_its_run_and_the_demo_goes_on(tmp_path):
+def test_a_run_worker_that_dies_fails_its_run_and_the_demo_goes_on(tmp_path, monkeypatch):
     """The step's process is killed mid-run (out of memory, say): its run is recorded as failed, not
     left STARTED; the runs after it still run (on new workers)."""
     project = write_tiny_project(tmp_path / "project", batch=[1])
-    os.environ["FAKE_QAIC_KILL_CALLER"] = str(tmp_path / "killed-once")
-    try:
-        done = _demo(project)
-    finally:
-        del os.environ["FAKE_QAIC_KILL_CALLER"]
+    monkeypatch.setenv("FAKE_QAIC_KILL_CALLER", str(tmp_path / "killed-once"))
+    done = _demo(project)
     assert done.returncode == 1
     assert (tmp_path / "killed-once").exists()
     steps = _steps(done.stdout)
@@ -49,16 +45,13 @@ def _overlap(spans) -> bool:
     return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
 
 
-def test_runs_go_two_at_once(tmp_path):
+def test_runs_go_two_at_once(tmp_path, monkeypatch):
     """The two calibration runs (bs1, bs2) start together on the two run workers: their compilers
     overlap."""
     project = write_tiny_project(tmp_path / "project", batch=[1, 2],
                                  instance_yaml=(REPO / "dagster_home" / "dagster.yaml").read_text())
-    os.environ["FAKE_QAIC_SLEEP"] = "0.5"
-    try:
-        done = _demo(project)
-    finally:
-        del os.environ["FAKE_QAIC_SLEEP"]
+    monkeypatch.setenv("FAKE_QAIC_SLEEP", "0.5")
+    done = _demo(project)
     assert done.returncode == 0, done.stdout + done.stderr
     spans = _compiler_spans(project)
     assert len(spans) == 6  # 2 calibrations + 4 compiles

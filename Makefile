@@ -8,7 +8,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 
 .PHONY: install demo test test-deploy ui clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py qaic_assets/cpu_compiler/_bins.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -12,8 +12,11 @@
 
 static inline int64_t bin_of(float v, float lo, float scale, int64_t last) {
     float t = (v - lo) * scale;
-    int64_t b = (int64_t)t;
-    return b > last ? last : (b < 0 ? 0 : b);
+    if (!(t > 0.0f))  /* also NaN (a range too small for float32): never converted */
+        return 0;
+    if (t >= (float)last)  /* truncation would give last or bins (the top edge) */
+        return last;
+    return (int64_t)t;
 }
 
 void qaic_count_bins(const float *x, int64_t n, float lo, float scale, int64_t bins, int64_t *scratch,

@@ -5,5 +5,4 @@ pyproject.toml."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("qaic_assets.cpu_compiler._bins", ["qaic_assets/cpu_compiler/_bins.c"],
-                             extra_compile_args=["-O2"], optional=True)])
+setup(ext_modules=[Extension("qaic_assets.cpu_compiler._bins", ["qaic_assets/cpu_compiler/_bins.c"], optional=True)])

@@ -119,9 +119,13 @@ def _count(x: np.ndarray, lo: float, hi: float, bins: int, owned: bool) -> np.nd
         out = np.zeros(bins, dtype=np.float64)
         out[0] = x.size
         return out
-    scale = np.float32(bins / (hi - lo))
+    with np.errstate(over="ignore"):
+        scale = np.float32(bins / (hi - lo))
+    if not np.isfinite(scale):  # a range below float32's resolution for this many bins: bin in float64
+        idx = np.minimum(((x.astype(np.float64) - lo) * (bins / (hi - lo))).astype(np.intp), bins - 1)
+        return np.bincount(idx, minlength=bins).astype(np.float64)
     lo32 = np.float32(lo)
-    if C_COUNT_BINS is not None:
+    if C_COUNT_BINS is not None:  # (x - lo) * scale is now in [0, bins]: _bins.c's preconditions
         x = np.ascontiguousarray(x)
         counts = np.zeros(bins, dtype=np.int64)
         scratch = np.zeros(4 * bins, dtype=np.int64)  # named: alive until the call returns

@@ -281,12 +281,22 @@ def test_c_and_numpy_count_every_value_in_the_same_bin(monkeypatch, data, bins):
          "three": [1.0, 2.0, 3.0], "constant": np.full(9, 5.0), "tiny-range": [0.0, 1e-30, 1e-30, 2e-30]}[data]
     x = np.asarray(x, dtype=np.float32)
     lo, hi = float(x.min()), float(x.max())
+    assert cpu_calibrate.C_COUNT_BINS is not None  # else both sides below count with numpy
     c = cpu_calibrate._count(x, lo, hi, bins, False)
     assert c.sum() == x.size and c.dtype == np.float64
     np.testing.assert_array_equal(c, _numpy_counts(monkeypatch, x, lo, hi, bins, False))
 
 
+def test_a_range_below_float32_resolution_is_counted_at_both_ends():
+    """512 bins over [0, 1.4e-45] (the smallest float32 step): the float32 scale would overflow, and
+    converting an infinite or NaN bin position is undefined in C and garbage in numpy."""
+    x = np.array([0.0, 1e-45, 1e-45, 0.0, 0.0], dtype=np.float32)
+    counts = cpu_calibrate._count(x, 0.0, float(x.max()), 512, False)
+    assert counts[0] == 3 and counts[-1] == 2 and counts.sum() == 5
+
+
 def test_a_profile_is_the_same_counted_in_c_or_numpy(conv, tmp_path, monkeypatch):
+    assert cpu_calibrate.C_COUNT_BINS is not None  # else both profiles below are counted with numpy
     with_c = _calibrate(conv["model"], conv["cal"], tmp_path / "c.yaml", "-batchsize=8", "-profiling-threads=2")
     monkeypatch.setattr(cpu_calibrate, "C_COUNT_BINS", None)
     with_numpy = _calibrate(conv["model"], conv["cal"], tmp_path / "np.yaml", "-batchsize=8", "-profiling-threads=2")

@@ -4,8 +4,8 @@ Runs: observe `qaic_sdk`; `source_models`; one calibration run per batch partiti
 per (batch, target) partition. Two runs go at once (as many as the `qaic_compile` pool allows), each
 in a run worker process of its own that executes its steps one after another (Dagster's in-process
 executor): a run starts as soon as the runs it depends on have finished, so a core is never left
-waiting for another run's slowest step (docs/BENCHMARKS.md). Every run is recorded in the instance, so the UI (`make ui`) shows the same
-materializations afterwards. Ends with a table of what was built.
+waiting for another run's slowest step (docs/BENCHMARKS.md). Every run is recorded in the instance, so
+the UI (`make ui`) shows the same materializations afterwards. Ends with a table of what was built.
 
 Quiet and alive: a step found up to date before its run is launched (defs/freshness.py) is not run
 at all; the others are followed from the event log (defs/progress.py: a live display on a terminal,
@@ -214,9 +214,10 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
                        workers: int | None = None) -> list[tuple[str, str | None, bool]]:
     """Every run of the default matrix, on `workers` run worker processes (default:
     run_workers_for(instance)): a run is launched once the runs it depends on have finished (a
-    failed one included: its dependents then say what is missing). Whether a run's steps are up to date is decided just before it would launch; a run
-    with nothing to do is not launched (success, no run). Returns (job, partition, success) in plan
-    order. `method`: how the workers start (default: start_method())."""
+    failed one included: its dependents then say what is missing). Whether a run's steps are up to
+    date is decided just before it would launch; a run with nothing to do is not launched (success, no
+    run). Returns (job, partition, success) in plan order. `method`: how the workers start (default:
+    start_method())."""
     from qaic_assets.definitions import defs
 
     runs = plan_runs(config)

@@ -248,9 +248,10 @@ def calibrate(
     t_run = t_stats = 0.0
     n_batches = n_samples = 0
 
-    # numpy releases the GIL in the elementwise steps of a histogram update: a few threads, one big
-    # tensor each, overlap them (as many as the profiling threads, at most 4); a small tensor is folded
-    # in this thread, as handing it over costs more than its update (digits: 3x less time in stats)
+    # a histogram update runs outside the GIL (the C counting loop via ctypes; numpy's elementwise
+    # steps): a few threads, one big tensor each, overlap them (as many as the profiling threads, at
+    # most 4); a small tensor is folded in this thread, as handing it over costs more than its update
+    # (digits: 3x less time in stats)
     workers = max(1, min(int(threads or os.cpu_count() or 1), 4))
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
 

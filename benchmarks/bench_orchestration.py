@@ -5,9 +5,9 @@ regenerates them) and, for Dagster, an empty DAGSTER_HOME with the project's dag
 `qaic_compile` limit 2). Modes, each in a fresh child process, timed inside it after its imports:
 
   dagster        `demo.materialize_matrix` exactly as `make demo` runs it (observe, sources, one run per
-                 calibration batch, one run per (batch, target); 2 run workers started by a forkserver
-                 with preloaded definitions, each executing a run's steps in-process, a run starting
-                 once the runs it depends on have finished)
+                 calibration batch, one run per (batch, target); 2 run workers forked from the demo
+                 process, each executing a run's steps in-process, a run starting once the runs it
+                 depends on have finished)
   dagster-spawn  the same with run workers started by spawn (a fresh interpreter each)
   direct         the same builds through the same build service the assets call (build/service.py: same
                  argv, hashing, manifest, cache, locks, shared identical CPU builds), in the same groups
@@ -64,8 +64,7 @@ def run_mode(mode: str, work: Path, shadow: Path, models, tag: str) -> dict:
         env.update(common.before_env(work, features))
     py = str(shadow / "bin" / "python")
     if base.startswith("dagster"):
-        argv = [py, "-m", "benchmarks._dagster_matrix", "--start-method",
-                "spawn" if base == "dagster-spawn" else "forkserver"]
+        argv = [py, "-m", "benchmarks._dagster_matrix", *(["--start-method", "spawn"] if base == "dagster-spawn" else [])]
     else:
         argv = [py, "-m", "benchmarks._direct_matrix", "--mode", "parallel" if base == "direct" else "serial"]
     with common.LoadSampler() as load:
@@ -78,7 +77,7 @@ def run_mode(mode: str, work: Path, shadow: Path, models, tag: str) -> dict:
 
 def rerun_dagster(first: dict, shadow: Path) -> dict:
     """Materialize the same matrix again in the same storage and instance: nothing changed."""
-    argv = [str(shadow / "bin" / "python"), "-m", "benchmarks._dagster_matrix", "--start-method", "forkserver"]
+    argv = [str(shadow / "bin" / "python"), "-m", "benchmarks._dagster_matrix"]
     with common.LoadSampler() as load:
         out = common.run_json(argv, first["env"])
     out.update(load.summary())

@@ -2,9 +2,10 @@
 
 Runs: observe `qaic_sdk`; `source_models`; one calibration run per batch partition; one compile run
 per (batch, target) partition. Two runs go at once (as many as the `qaic_compile` pool allows), each
-in a run worker process of its own that executes its steps one after another (Dagster's in-process
-executor): a run starts as soon as the runs it depends on have finished, so a core is never left
-waiting for another run's slowest step (docs/BENCHMARKS.md). Every run is recorded in the instance, so
+in a run worker process of its own (forked from this one, which has imported dagster and the
+definitions already) that executes its steps one after another (Dagster's in-process executor): a
+run starts as soon as the runs it depends on have finished, so a core is never left waiting for
+another run's slowest step (docs/BENCHMARKS.md). Every run is recorded in the instance, so
 the UI (`make ui`) shows the same materializations afterwards. Ends with a table of what was built.
 
 Quiet and alive: a step found up to date before its run is launched (defs/freshness.py) is not run
@@ -42,7 +43,8 @@ DEMO_TAG = "qaic_assets/demo_run"
 #: and a step's process under the multiprocess executor. `forkserver` forks each from one server
 #: process per demo that has already imported dagster and built the definitions (PRELOAD); `spawn`
 #: starts a fresh interpreter that imports them again: ~1.5-3 s per process on a loaded 2-core
-#: machine (docs/BENCHMARKS.md).
+#: machine (docs/BENCHMARKS.md). Run workers are forked from the demo process itself when it has no
+#: other thread yet (worker_start_method).
 START_METHOD_ENV = "QAIC_ASSETS_START_METHOD"
 DEFAULT_START_METHOD = "forkserver"
 PRELOAD = ["dagster", "qaic_assets.definitions"]
@@ -51,6 +53,17 @@ PRELOAD = ["dagster", "qaic_assets.definitions"]
 def start_method(choice: str | None = None) -> str:
     method = choice or os.environ.get(START_METHOD_ENV) or DEFAULT_START_METHOD
     return method if method in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def worker_start_method(choice: str | None = None) -> str:
+    """How the run workers start: `fork` of this process while it is the only thread (it has imported
+    dagster and the definitions already, so a worker is ready in a fraction of a second instead of
+    the forkserver's ~3 s preload, and no other thread can hold a lock the copy would inherit
+    locked); else start_method(). An explicit choice (argument, env) wins."""
+    if choice or os.environ.get(START_METHOD_ENV):
+        return start_method(choice)
+    single = threading.active_count() == 1
+    return "fork" if single and "fork" in multiprocessing.get_all_start_methods() else start_method()
 
 
 def instance_modules(instance: dg.DagsterInstance | None) -> list[str]:
@@ -195,11 +208,22 @@ def run_workers_for(instance: dg.DagsterInstance, most: int = RUN_WORKERS) -> in
 
 
 def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None) -> ProcessPoolExecutor:
-    context = multiprocessing.get_context(start_method(method))
+    """The run worker processes, started now: forked here and now (worker_start_method), or from a
+    thread, as a forkserver's workers wait for its preload while this process goes on."""
+    context = multiprocessing.get_context(worker_start_method(method))
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload(preload(instance))
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
                                initargs=(str(instance.root_directory),))
+    print(f"run workers: {workers}, started by {context.get_start_method()}", file=sys.stderr, flush=True)
+    if context.get_start_method() == "fork":
+        sys.stdout.flush()  # else a worker would print this process's buffered output again
+        sys.stderr.flush()
+        for _ in range(workers):  # the pool forks all its workers at the first submit, before its threads
+            pool.submit(_worker_ready)
+    else:
+        threading.Thread(target=lambda: [pool.submit(_worker_ready) for _ in range(workers)], daemon=True).start()
+    return pool
 
 
 def _fail_lost_run(instance: dg.DagsterInstance, token: str, why: str) -> None:
@@ -230,13 +254,10 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     pool: ProcessPoolExecutor | None = None
 
     def run_workers() -> ProcessPoolExecutor:
-        """The run workers, started with the first run to launch (none when all is up to date): from a
-        thread, as starting one waits for the forkserver's preload, while this process goes on."""
+        """The run workers, started with the first run to launch (none when all is up to date)."""
         nonlocal pool
         if pool is None:
             pool = _run_workers(instance, workers, method)
-            threading.Thread(target=lambda p=pool: [p.submit(_worker_ready) for _ in range(workers)],
-                             daemon=True).start()
         return pool
 
     def launch(i: int) -> None:
@@ -249,20 +270,11 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
             progress.run_done()
             outcomes[i] = True
             return
-        run_workers()
+        workers_now = run_workers()  # before the follower's thread: then the workers can be forked
         token = uuid.uuid4().hex
         labels = {key: step_label(s) for key, s in _step_keys(defs, stale).items()}
         follower = RunFollower(instance, (DEMO_TAG, token), labels, progress).__enter__()
-        if not run.after:  # observing the SDK, the sources: no compiler; here, while the workers start
-            try:  # in-process: step processes would wait for the forkserver's preload, here the first time
-                result = run_job(instance, run.job, run.partition, tags={DEMO_TAG: token},
-                                 asset_selection=[s.key for s in stale], in_process=True)
-            finally:
-                follower.__exit__(None, None, None)
-                progress.run_done()
-            outcomes[i] = result.success
-            return
-        future = run_workers().submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale])
+        future = workers_now.submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale])
         going[future] = (i, token, follower)
 
     try:

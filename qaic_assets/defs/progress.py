@@ -46,6 +46,9 @@ class PlainProgress:
     def step_started(self, label: str) -> None:
         pass
 
+    def tick(self) -> None:
+        """Called after each poll of a running run (a live display redraws: its clocks move)."""
+
     def step_done(self, label: str, status: str, seconds: float | None = None, note: str = "") -> None:
         with self._lock:
             self.steps_done += 1
@@ -57,7 +60,9 @@ class PlainProgress:
 
 
 class LiveProgress(PlainProgress):
-    """The same lines, under a live display of the steps and runs done and the steps running now."""
+    """The same lines, under a live display of the steps and runs done and the steps running now.
+    Redrawn by the followers' polls (tick), not by a thread of rich's own: the demo forks its run
+    workers while it is the only thread (demo.worker_start_method)."""
 
     def __init__(self, total_runs: int, total_steps: int, out: TextIO | None = None):
         super().__init__(total_runs, total_steps, out)
@@ -79,7 +84,7 @@ class LiveProgress(PlainProgress):
         self.console = Console(file=self.out)
         self.progress = Progress(TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), Running(),
-                                 console=self.console, refresh_per_second=4)
+                                 console=self.console, auto_refresh=False)
         self.steps = self.progress.add_task("steps", total=total_steps)
         self.runs = self.progress.add_task("runs", total=total_runs)
 
@@ -93,10 +98,16 @@ class LiveProgress(PlainProgress):
     def run_done(self) -> None:
         with self._lock:
             self.progress.advance(self.runs)
+            self.progress.refresh()
 
     def step_started(self, label: str) -> None:
         with self._lock:
             self.running[label] = time.monotonic()
+            self.progress.refresh()
+
+    def tick(self) -> None:
+        with self._lock:
+            self.progress.refresh()
 
     def step_done(self, label: str, status: str, seconds: float | None = None, note: str = "") -> None:
         from rich.text import Text
@@ -108,6 +119,7 @@ class LiveProgress(PlainProgress):
             line.append(step_line(status, label, seconds, note)[len(status) + 2:])
             self.console.print(line)
             self.progress.advance(self.steps)
+            self.progress.refresh()
 
 
 def progress_for(total_runs: int, total_steps: int, out: TextIO | None = None) -> PlainProgress:
@@ -163,6 +175,7 @@ class RunFollower:
         while not self._stop.wait(self.POLL_S):
             try:
                 self._poll()
+                self.progress.tick()
             except Exception:  # noqa: BLE001 - a display glitch must never fail the demo
                 continue
 

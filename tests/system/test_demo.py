@@ -77,6 +77,7 @@ def test_building_the_definitions_warns_about_nothing_of_ours(tiny_project):
 
 def test_progress_is_live_on_a_terminal_and_plain_otherwise():
     import io
+    import threading
 
     from qaic_assets.defs.progress import LiveProgress, PlainProgress, progress_for
 
@@ -92,9 +93,13 @@ def test_progress_is_live_on_a_terminal_and_plain_otherwise():
     assert plain.getvalue().splitlines() == ["[ok] tiny/compiled_binary bs1|offline-nsp14 (1.2s)  [1/2]",
                                              "[up to date] qaic_sdk  [2/2]"]
     live = Terminal()
+    threads = threading.active_count()
     with progress_for(1, 2, live) as progress:
         assert isinstance(progress, LiveProgress)
+        assert threading.active_count() == threads  # no refresh thread: the demo forks its workers
         progress.step_started("tiny/source_model")
+        progress.tick()
+        assert "running:" in live.getvalue() and "tiny/source_model 0s" in live.getvalue()  # redrawn
         progress.step_done("tiny/source_model", "ok", 0.5)
         progress.step_done("qaic_sdk", "FAILED", 0.1, "no SDK")
         progress.run_done()

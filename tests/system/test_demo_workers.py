@@ -33,6 +33,14 @@ def test_a_run_worker_that_dies_fails_its_run_and_the_demo_goes_on(tmp_path, mon
         # launched after the failure, on a new worker: they ran (and failed: no profile)
         assert runs[("compiled_binaries", "bs1|offline-nsp14")].status == dg.DagsterRunStatus.FAILURE
         assert all(r.is_finished for r in runs.values())
+    # the first workers were forked from the demo process; new ones were started for the runs after
+    # (by fork again if the broken pool's thread is gone by then, else by a forkserver)
+    starts = [line for line in _demo_log(project) if line.startswith("run workers:")]
+    assert len(starts) == 2 and starts[0].endswith("started by fork")
+
+
+def _demo_log(project) -> list[str]:
+    return (project.home / "logs" / "demo.log").read_text().splitlines()
 
 
 
@@ -56,6 +64,38 @@ def test_runs_go_two_at_once(tmp_path, monkeypatch):
     spans = _compiler_spans(project)
     assert len(spans) == 6  # 2 calibrations + 4 compiles
     assert _overlap(spans), f"no two compilers ever ran at once: {spans}"
+    assert "run workers: 2, started by fork" in _demo_log(project)
+
+
+_FORKED = """
+import os, sys, threading
+import dagster as dg
+from qaic_assets import demo
+if sys.argv[1] == "thread":
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+with dg.DagsterInstance.get() as instance:
+    pool = demo._run_workers(instance, 1, None)
+    print(pool.submit(os.getppid).result() == os.getpid())
+    pool.shutdown()
+"""
+
+
+def test_run_workers_are_forked_from_a_single_threaded_demo_only(tmp_path):
+    """Forked from the demo process (its imports and definitions already made) while it has no other
+    thread; with a thread, from a forkserver (a fork could copy a lock that thread holds)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    env.pop("QAIC_ASSETS_START_METHOD", None)
+    for threads, forked in (("none", "True"), ("thread", "False")):
+        done = subprocess.run([sys.executable, "-c", _FORKED, threads], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [forked]
+        assert f"started by {'fork' if forked == 'True' else 'forkserver'}\n" in done.stderr
 
 
 def test_the_run_workers_are_as_many_as_the_compile_pool_allows(tmp_path):

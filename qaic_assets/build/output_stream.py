@@ -7,7 +7,8 @@ line (cut at ``MAX_LINE_BYTES``) to the log file beside the artifact, keeps the 
 failure message, and hands only lines matching :data:`LOG_LINE_PATTERN` to a bounded queue. The
 calling thread forwards those through :class:`LogForwarder`: at most ``lines_per_s`` per second (after
 a burst), ``%`` progress lines at most once per ``progress_interval_s``, and the rest summarised as a
-count every ``summary_every_s`` seconds and at the end, naming the log file.
+count every ``summary_every_s`` seconds and at the end, naming the log file. Lines that arrive
+together (a compiler's closing report) are one event per level, not one per line.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ LINES_PER_S = 5.0
 BURST_LINES = 20
 PROGRESS_MIN_INTERVAL_S = 1.0
 SUMMARY_EVERY_S = 10.0
+GATHER_S = 0.5  # admitted lines wait up to this long for the lines after them (one event for a burst)
 
 
 def _level(line: str) -> int:
@@ -161,8 +163,10 @@ class LogForwarder:
 
     def __init__(self, log: logging.Logger | None, *, lines_per_s: float = LINES_PER_S,
                  burst: int = BURST_LINES, progress_interval_s: float = PROGRESS_MIN_INTERVAL_S,
-                 summary_every_s: float = SUMMARY_EVERY_S, log_path: Path | None = None):
+                 summary_every_s: float = SUMMARY_EVERY_S, log_path: Path | None = None,
+                 gather_s: float = GATHER_S):
         self.log = log
+        self.gather_s = gather_s
         self.rate = lines_per_s
         self.burst = float(burst)
         self.tokens = float(burst)
@@ -176,8 +180,11 @@ class LogForwarder:
         self._last = time.monotonic()
         self._last_progress = float("-inf")
         self._next_summary = self._last + summary_every_s
+        self._pending: list[tuple[int, str]] = []  # admitted lines not logged yet (see flush)
+        self._pending_since = 0.0
 
     def offer(self, line: str, now: float | None = None) -> None:
+        """Admit one line within the budget; it is logged at the next flush()."""
         if self.log is None:
             return
         now = time.monotonic() if now is None else now
@@ -191,10 +198,32 @@ class LogForwarder:
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             self.forwarded += 1
-            self.log.log(level, line)
+            if not self._pending:
+                self._pending_since = now
+            self._pending.append((level, line))
         else:
             self._suppress(level)
         self.tick(now)
+
+    def flush_due(self, now: float | None = None) -> None:
+        """flush() once the oldest admitted line has waited gather_s for the lines after it."""
+        now = time.monotonic() if now is None else now
+        if self._pending and now - self._pending_since >= self.gather_s:
+            self.flush()
+
+    def flush(self, closing: str | None = None) -> None:
+        """Log the admitted lines, consecutive ones of one level as one message (each message is an
+        event-log write: tens of ms on a loaded machine), then `closing` (INFO) with the last INFO ones."""
+        if self.log is None:
+            return
+        if closing is not None:
+            self._pending.append((logging.INFO, closing))
+        pending, self._pending = self._pending, []
+        start = 0
+        for i in range(1, len(pending) + 1):
+            if i == len(pending) or pending[i][0] != pending[start][0]:
+                self.log.log(pending[start][0], "\n".join(line for _, line in pending[start:i]))
+                start = i
 
     def _suppress(self, level: int, n: int = 1) -> None:
         self.suppressed += n
@@ -210,6 +239,7 @@ class LogForwarder:
         now = time.monotonic() if now is None else now
         if self.log is None or not self.suppressed or (not final and now < self._next_summary):
             return
+        self.flush()  # the lines before the count
         where = f"; the full log is {self.log_path}" if self.log_path is not None else ""
         self.log.log(min(self._worst, logging.WARNING),
                      f"{self.suppressed} more compiler output lines not forwarded (at most "

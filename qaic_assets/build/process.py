@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Mapping
 
 from qaic_assets.build.output_stream import (
+    GATHER_S,
     LINES_PER_S,
     PROGRESS_MIN_INTERVAL_S,
     LogForwarder,
@@ -224,6 +225,7 @@ def run_compiler(
     log_path: Path | None = None,
     log_name: str | Path | None = None,
     lines_per_s: float = LINES_PER_S,
+    gather_s: float = GATHER_S,
 ) -> RunResult:
     """Run one compiler command and return its RunResult; raise a CompilerError if it did not succeed.
 
@@ -236,7 +238,9 @@ def run_compiler(
     waiting (cancellation) stops the child the same way and is re-raised. Exit code != 0 or death by a
     signal raises CompilerFailed. Every output line goes to ``log_path`` (when given); selected lines
     reach ``log`` at most ``lines_per_s`` per second, the rest as a count naming the log file as
-    ``log_name`` (default ``log_path``: a temporary dir renamed into place names its final path).
+    ``log_name`` (default ``log_path``: a temporary dir renamed into place names its final path); lines
+    that arrive within ``gather_s`` of each other are one record per level, and the closing ones one
+    with the ``finished`` line.
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
@@ -257,7 +261,7 @@ def run_compiler(
     cmd_name = os.path.basename(argv[0])
     cmd_text = shlex.join(argv)
     forwarder = LogForwarder(log, lines_per_s=lines_per_s, progress_interval_s=progress_interval_s,
-                             log_path=log_name or log_path)
+                             log_path=log_name or log_path, gather_s=gather_s)
     if log is not None:
         log.info(f"$ {cmd_text}")
 
@@ -285,11 +289,13 @@ def run_compiler(
     family = Descendants(pid, token)
     reader = OutputReader(proc.stdout.fileno(), log_path, tail_lines)
 
-    def forward() -> None:
+    def forward(flush: bool = True) -> None:
         now = time.monotonic()
         for line in reader.drain_selected():
             forwarder.offer(line, now)
         forwarder.tick(now)
+        if flush:
+            forwarder.flush_due(now)
 
     timed_out = False
     try:
@@ -315,9 +321,10 @@ def run_compiler(
         _end_family(pid, family)
         reader.wait(_DRAIN_S)
         forwarder.count_dropped(reader.overflow)
-        forward()
+        forward(flush=False)  # the closing lines go out with the outcome (below): one event, not one each
         forwarder.tick(final=True)
     except BaseException:
+        forwarder.flush()
         # Cancellation (KeyboardInterrupt / DagsterExecutionInterruptedError / ...): stop the child.
         try:
             _stop_group(pid, grace_s, family)
@@ -345,6 +352,8 @@ def run_compiler(
                        str(log_name or log_path) if log_path is not None else None)
 
     tail_text = _format_tail(result.log_tail)
+    if timed_out or returncode != 0:
+        forwarder.flush()
     if timed_out:
         raise CompilerTimeout(
             f"{cmd_name} timed out after {timeout_s:g} s and was stopped "
@@ -363,8 +372,8 @@ def run_compiler(
         )
     if log is not None:
         where = f"; full log {log_name or log_path}" if log_path is not None else ""
-        log.info(f"{cmd_name} finished in {duration:.1f} s, peak RSS {_human_bytes(peak_rss)}, "
-                 f"{reader.lines} output lines{where}")
+        forwarder.flush(f"{cmd_name} finished in {duration:.1f} s, peak RSS {_human_bytes(peak_rss)}, "
+                        f"{reader.lines} output lines{where}")
     return result
 
 

@@ -137,14 +137,30 @@ def test_selective_streaming_forwards_only_matching_lines(log):
         f"print({line!r}, file={'sys.stderr' if i % 2 else 'sys.stdout'}, flush=True)\n" for i, line in enumerate(lines)
     )
     run_compiler([PY, "-c", code], timeout_s=30, log=log, progress_interval_s=0)
-    forwarded = [r for r in log.handler.records if r.getMessage() in lines]
-    assert [r.getMessage() for r in forwarded] == [l for l in lines if LOG_LINE_PATTERN.search(l)]
+    forwarded = [(line, r.levelno) for r in log.handler.records for line in r.getMessage().splitlines()
+                 if line in lines]
+    assert [line for line, _ in forwarded] == [l for l in lines if LOG_LINE_PATTERN.search(l)]
     assert "hello there" not in log.handler.messages()
     assert "some detail line" not in log.handler.messages()
-    levels = {r.getMessage(): r.levelno for r in forwarded}
+    levels = dict(forwarded)
     assert levels["ERROR: something broke"] == logging.ERROR
     assert levels["Warning: odd flag"] == logging.WARNING
     assert levels["Done"] == logging.INFO
+
+
+def test_lines_that_arrive_together_are_one_event_per_level_with_the_closing_line(log):
+    """A compiler's closing report (all printed at the end) and the runner's `finished` line are one
+    log record, not one each (each record is an event-log write); a warning among them is its own."""
+    report = ["compile: profile profile.yaml", "compile: quantized 54 tensors", "Warning: odd flag",
+              "compile: wrote elfs/programqpc.bin", "compiled int8 engine"]
+    code = "import sys\nsys.stdout.write(" + repr("".join(f"{line}\n" for line in report)) + ")\n"
+    run_compiler([PY, "-c", code], timeout_s=30, log=log, gather_s=30)  # however late the exit is noticed
+    records = [(r.levelno, r.getMessage()) for r in log.handler.records if not r.getMessage().startswith("$ ")]
+    assert [(level, message.splitlines()[0]) for level, message in records] == [
+        (logging.INFO, report[0]), (logging.WARNING, report[2]), (logging.INFO, report[3])]
+    assert records[0][1].splitlines() == report[:2]
+    closing = records[2][1].splitlines()
+    assert closing[:2] == report[3:] and closing[2].startswith("python finished in ") and len(closing) == 3
 
 
 def test_tail_keeps_last_n_lines(log):
@@ -157,7 +173,7 @@ def test_tail_keeps_last_n_lines(log):
 def test_progress_lines_are_rate_limited(log):
     run_compiler(py("for i in range(100): print(f'{i}% compiled', flush=True)"), timeout_s=30, log=log,
                  progress_interval_s=60)
-    progress = [m for m in log.handler.messages() if m.endswith("% compiled")]
+    progress = [line for m in log.handler.messages() for line in m.splitlines() if line.endswith("% compiled")]
     assert progress == ["0% compiled"]
 
 

@@ -16,7 +16,7 @@ import onnx
 
 from qaic_assets.cpu_compiler import graph
 from qaic_assets.build.store import checks_dir, model_inputs, source_dir
-from qaic_assets.hashing import atomic_write, hash_json, sha256_file
+from qaic_assets.hashing import atomic_write, hash_json, sha256_file, sha256_input
 from qaic_assets.qaic.flags import parse_argv
 from qaic_assets.qaic.formats import rawdata
 from qaic_assets.settings import Settings
@@ -189,8 +189,8 @@ def threshold(config: Settings, model: str) -> float:
 
 def _inputs_sha256(heldout: Path, labels: Path | None) -> str:
     """sha256 over the held-out list, every raw file it names (in order) and the labels file."""
-    files = [sha256_file(f) for line in rawdata.read_input_list(heldout) for f in line]
-    return hash_json([sha256_file(heldout), files, sha256_file(labels) if labels is not None else None])
+    files = [sha256_input(f) for line in rawdata.read_input_list(heldout) for f in line]
+    return hash_json([sha256_input(heldout), files, sha256_input(labels) if labels is not None else None])
 
 
 def result_key(binary_sha256: str, source_sha256: str, heldout: Path, labels: Path | None, batch: int,

@@ -20,7 +20,7 @@ import onnx
 
 from qaic_assets.settings import Settings
 from qaic_assets.build.store import model_inputs, source_dir
-from qaic_assets.hashing import sha256_file
+from qaic_assets.hashing import sha256_file, sha256_input
 
 CHUNK = 1 << 20
 
@@ -178,4 +178,4 @@ def ensure_source(config: Settings, model: str) -> SourceModel:
     if path.stat().st_size == 0:
         raise SourceError(f"model file {path} for {model!r} is empty: re-export or re-download it")
     description = describe_onnx(path)
-    return SourceModel(path=path, sha256=sha256_file(path), kind=kind, description=description)
+    return SourceModel(path=path, sha256=sha256_input(path), kind=kind, description=description)

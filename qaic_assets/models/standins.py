@@ -39,7 +39,7 @@ from qaic_assets.models.common import (
     _imagenet_like_image,
     _rng,
 )
-from qaic_assets.hashing import atomic_write, sha256_bytes, sha256_file
+from qaic_assets.hashing import atomic_write, sha256_bytes, sha256_input
 from qaic_assets.models.builders import _build_bert, _build_resnet50, _build_retinanet
 
 __all__ = ["STANDINS", "StandinFiles", "build_standin", "standin_paths", "main"]
@@ -141,7 +141,7 @@ def _stamp_valid(stamp_path: Path, out_dir: Path, plan: dict) -> bool:
         return False
     for rel, sha in stamp["files"].items():
         f = out_dir / rel
-        if not f.is_file() or sha256_file(f) != sha:
+        if not f.is_file() or sha256_input(f) != sha:
             return False
     return True
 

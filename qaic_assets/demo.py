@@ -59,11 +59,11 @@ def worker_start_method(choice: str | None = None) -> str:
     """How the run workers start: `fork` of this process while it is the only thread (it has imported
     dagster and the definitions already, so a worker is ready in a fraction of a second instead of
     the forkserver's ~3 s preload, and no other thread can hold a lock the copy would inherit
-    locked); else start_method(). An explicit choice (argument, env) wins."""
+    locked), on Linux; else start_method(). An explicit choice (argument, env) wins."""
     if choice or os.environ.get(START_METHOD_ENV):
         return start_method(choice)
     single = threading.active_count() == 1
-    return "fork" if single and "fork" in multiprocessing.get_all_start_methods() else start_method()
+    return "fork" if single and sys.platform.startswith("linux") else start_method()  # macOS: fork is unsafe
 
 
 def instance_modules(instance: dg.DagsterInstance | None) -> list[str]:
@@ -109,13 +109,15 @@ def job_for(name: str) -> dg.JobDefinition:
 def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = None,
             max_concurrent: int = 2, method: str | None = None, *, tags: dict | None = None,
             asset_selection: list[dg.AssetKey] | None = None, in_process: bool = False) -> dg.ExecuteJobResult:
+    """One run of the named job, to its end. The result is not opened as a context manager: that would
+    initialise the run's resources again to load outputs (two more event writes per run), and the demo
+    reads only `success` and the event log."""
     from qaic_assets.defs.jobs import partition_run_tags
 
     tags = {**(tags or {}), **partition_run_tags(partition)}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
     config = run_config(max_concurrent, method, instance, in_process=in_process)
-    with dg.execute_job(job, instance=instance, run_config=config, tags=tags, asset_selection=asset_selection) as result:
-        return result
+    return dg.execute_job(job, instance=instance, run_config=config, tags=tags, asset_selection=asset_selection)
 
 
 _WORKER_INSTANCE: dg.DagsterInstance | None = None

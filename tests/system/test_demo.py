@@ -49,6 +49,9 @@ def test_demo_is_quiet_and_prints_one_line_per_step(tmp_path):
     assert calls == 6  # 2 calibrations + 4 compiles
     with dg.DagsterInstance.from_config(str(project.home)) as instance:
         runs = len(instance.get_runs())
+        for run in instance.get_runs():  # its success is a run's last event (its resources are not
+            last = instance.all_logs(run.run_id)[-1].dagster_event  # set up again after it to load outputs)
+            assert last.event_type == dg.DagsterEventType.RUN_SUCCESS, (run.job_name, last.event_type)
 
     again = _demo(project)  # nothing changed: decided before launching anything
     assert again.returncode == 0, again.stdout + again.stderr

@@ -18,11 +18,15 @@ from fake_sdk import read_calls
 STEP = re.compile(r"^\[(ok|up to date|FAILED|not run)\] (\S+)(?: ([^\s(]\S*))?")
 
 
-def _demo(project) -> subprocess.CompletedProcess:
+def _demo_env(project) -> dict:
     env = {**os.environ, "QAIC_ASSETS_CONFIG": str(project.config_path), "DAGSTER_HOME": str(project.home)}
     for var in ("QAIC_SDK_ROOT", "QAIC_ASSETS_STORAGE_ROOT", "PYTHONWARNINGS"):
         env.pop(var, None)
-    return subprocess.run([sys.executable, "-m", "qaic_assets.demo"], cwd=project.root, env=env,
+    return env
+
+
+def _demo(project) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qaic_assets.demo"], cwd=project.root, env=_demo_env(project),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -124,3 +128,32 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
     assert "failed runs: calibration_profiles bs1" in done.stdout
     assert "SdkError" in (project.home / "logs" / "demo.log").read_text()  # the stack traces are kept there
 
+
+
+def test_on_a_terminal_dagster_output_still_goes_to_the_log(tmp_path):
+    """The live display redirects this process's sys.stderr; the run workers forked under it write
+    Dagster's lines (the stack traces) to demo.log all the same, and none reach the terminal."""
+    import pty
+
+    project = write_tiny_project(tmp_path / "project", batch=[1])
+    (project.sdk / "exec" / "qaic-exec").unlink()  # every build fails: Dagster logs its stack traces
+    terminal, tty = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "qaic_assets.demo"], cwd=project.root, env=_demo_env(project),
+                            stdin=subprocess.DEVNULL, stdout=tty, stderr=tty)
+    os.close(tty)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the demo closed its end
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(terminal)
+    assert proc.wait(timeout=600) == 1
+    text = out.decode(errors="replace")
+    assert "\x1b[" in text and "[FAILED]" in text and "qaic-exec does not exist" in text  # the live display
+    assert "SdkError" not in text and "Traceback" not in text and "run workers" not in text
+    log = (project.home / "logs" / "demo.log").read_text()
+    assert "SdkError" in log and "run workers: 2, started by fork" in log

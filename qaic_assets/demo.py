@@ -124,11 +124,8 @@ _WORKER_INSTANCE: dg.DagsterInstance | None = None
 
 
 def _start_worker(home: str) -> None:
-    """A run worker opens the demo's instance once (DAGSTER_HOME: its root directory). Its Python
-    streams are the process's own files: a worker forked while the live display runs would inherit
-    rich's redirection of sys.stdout/sys.stderr, and Dagster's output would never reach demo.log."""
+    """A run worker opens the demo's instance once (DAGSTER_HOME: its root directory)."""
     global _WORKER_INSTANCE
-    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     os.environ["DAGSTER_HOME"] = home
     _WORKER_INSTANCE = dg.DagsterInstance.get()
 
@@ -220,10 +217,9 @@ def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None)
         context.set_forkserver_preload(preload(instance))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
                                initargs=(str(instance.root_directory),))
-    print(f"run workers: {workers}, started by {context.get_start_method()}", file=sys.__stderr__, flush=True)
+    print(f"run workers: {workers}, started by {context.get_start_method()}", file=sys.stderr, flush=True)
     if context.get_start_method() == "fork":
-        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            stream.flush()  # else a worker would print this process's buffered output again
+        sys.stdout.flush()  # else a worker would print this process's buffered output again
         for _ in range(workers):  # the pool forks all its workers at the first submit, before its threads
             pool.submit(_worker_ready)
     else:

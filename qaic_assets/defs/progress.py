@@ -62,7 +62,9 @@ class PlainProgress:
 class LiveProgress(PlainProgress):
     """The same lines, under a live display of the steps and runs done and the steps running now.
     Redrawn by the followers' polls (tick), not by a thread of rich's own: the demo forks its run
-    workers while it is the only thread (demo.worker_start_method)."""
+    workers while it is the only thread (demo.worker_start_method). sys.stdout and sys.stderr stay the
+    process's own: Dagster's lines go to the demo's log (demo.dagster_output_to), in the run workers
+    forked from this process too, not over the display."""
 
     def __init__(self, total_runs: int, total_steps: int, out: TextIO | None = None):
         super().__init__(total_runs, total_steps, out)
@@ -84,7 +86,8 @@ class LiveProgress(PlainProgress):
         self.console = Console(file=self.out)
         self.progress = Progress(TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), Running(),
-                                 console=self.console, auto_refresh=False)
+                                 console=self.console, auto_refresh=False, redirect_stdout=False,
+                                 redirect_stderr=False)
         self.steps = self.progress.add_task("steps", total=total_steps)
         self.runs = self.progress.add_task("runs", total=total_runs)
 

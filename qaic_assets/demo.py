@@ -242,7 +242,7 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     failed one included: its dependents then say what is missing). Whether a run's steps are up to
     date is decided just before it would launch; a run with nothing to do is not launched (success, no
     run). Returns (job, partition, success) in plan order. `method`: how the workers start (default:
-    start_method())."""
+    worker_start_method())."""
     from qaic_assets.definitions import defs
 
     runs = plan_runs(config)

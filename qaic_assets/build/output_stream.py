@@ -13,6 +13,7 @@ together (a compiler's closing report) are one event per level, not one per line
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -219,11 +220,8 @@ class LogForwarder:
         if closing is not None:
             self._pending.append((logging.INFO, closing))
         pending, self._pending = self._pending, []
-        start = 0
-        for i in range(1, len(pending) + 1):
-            if i == len(pending) or pending[i][0] != pending[start][0]:
-                self.log.log(pending[start][0], "\n".join(line for _, line in pending[start:i]))
-                start = i
+        for level, lines in itertools.groupby(pending, key=lambda item: item[0]):
+            self.log.log(level, "\n".join(line for _, line in lines))
 
     def _suppress(self, level: int, n: int = 1) -> None:
         self.suppressed += n

@@ -96,27 +96,38 @@ _UNKNOWN_STATUS = 255
 _SIGKILL = int(signal.SIGKILL)
 
 
-def _load_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
+def _load_libc():
+    """libc's ``prctl`` (Linux only) and ``signal``, or None where they are not there."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
+    except OSError:  # pragma: no cover - exotic platforms
+        return None, None
+    prctl = getattr(libc, "prctl", None) if sys.platform.startswith("linux") else None
+    if prctl is not None:
         prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
         prctl.restype = ctypes.c_int
-        return prctl
-    except (OSError, AttributeError):  # pragma: no cover - non-glibc / exotic platforms
-        return None
+    set_handler = getattr(libc, "signal", None)
+    if set_handler is not None:
+        set_handler.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        set_handler.restype = ctypes.c_void_p
+    return prctl, set_handler
 
 
 # Resolved once in the parent: nothing has to be looked up in the forked child.
-_PRCTL = _load_prctl()
+_PRCTL, _SET_HANDLER = _load_libc()
+_SIGTERM = int(signal.SIGTERM)
+_SIG_DFL = 0
 
 
 def _make_preexec(parent_pid: int):
-    prctl = _PRCTL
+    prctl, set_handler = _PRCTL, _SET_HANDLER
 
     def _preexec() -> None:  # runs in the child between fork and exec
+        # An ignored SIGTERM survives exec: a process started in the background has SIGINT ignored,
+        # and Dagster maps SIGTERM to SIGINT's handler, so the compiler would ignore our SIGTERM and
+        # only ever stop by SIGKILL, with no chance to clean up. It gets the default action back.
+        if set_handler is not None:
+            set_handler(_SIGTERM, _SIG_DFL)
         if prctl is None:
             return
         prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)

@@ -234,6 +234,20 @@ def test_timeout_kills_child_group_and_raises(tmp_path, ignore_term):
     assert "timed out" in str(ei.value) and "Compiling model ... started" in result.log_tail
 
 
+def test_a_compiler_started_with_sigterm_ignored_still_stops_on_sigterm(tmp_path):
+    """A process started in the background has SIGINT ignored and Dagster maps SIGTERM to SIGINT's
+    handler, so SIGTERM is ignored in a run worker, and an ignored signal stays ignored across exec:
+    the compiler must get the default action back, or a timeout or a cancel always needs SIGKILL."""
+    pidfile = tmp_path / "pids"
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(CompilerTimeout) as ei:
+            run_compiler(sleeper(pidfile), timeout_s=1.5, grace_s=30)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert ei.value.result.returncode == -signal.SIGTERM
+
+
 class FakeDagsterInterrupt(BaseException):
     """Stands in for DagsterExecutionInterruptedError (a BaseException)."""
 

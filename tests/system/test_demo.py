@@ -133,11 +133,17 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
 def test_on_a_terminal_dagster_output_still_goes_to_the_log(tmp_path):
     """The live display redirects this process's sys.stderr; the run workers forked under it write
     Dagster's lines (the stack traces) to demo.log all the same, and none reach the terminal."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     project = write_tiny_project(tmp_path / "project", batch=[1])
     (project.sdk / "exec" / "qaic-exec").unlink()  # every build fails: Dagster logs its stack traces
     terminal, tty = pty.openpty()
+    # a wide terminal: the display wraps its lines at the width, and where a wrap falls depends on
+    # the length of the paths in the messages (the test's temporary directory)
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 1000, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "qaic_assets.demo"], cwd=project.root, env=_demo_env(project),
                             stdin=subprocess.DEVNULL, stdout=tty, stderr=tty)
     os.close(tty)

@@ -5,10 +5,15 @@ with an absolute `sdk_root`, DAGSTER_HOME) and returns a `TinyProject`; `tiny_pr
 function-scoped fixture that also points QAIC_ASSETS_CONFIG / DAGSTER_HOME at it and opens its
 instance. The files themselves come from `fake_sdk.write_tiny_files`, shared with test_assets.py and
 test_reliability.py.
+
+`standin(kind)` (session fixture) gives the generated stand-in models that tests/models and
+tests/cpu_compiler share: each is built once per `make test`, not once per file.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +94,31 @@ def tiny_project(tmp_path, monkeypatch, request):
     with dg.DagsterInstance.get() as instance:
         project.instance = instance
         yield project
+
+
+#: Calibration and held-out samples of the shared stand-ins.
+STANDIN_CALIBRATION = 8
+STANDIN_HELDOUT = 16
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory):
+    """`standin(kind)` -> StandinFiles: the stand-in built once per test session in one directory
+    the xdist workers share (a ResNet-50 or RetinaNet stand-in takes ~5 s to generate); a lock per
+    kind makes a second worker wait for the first one's build and then reuse it."""
+    from qaic_assets.models.standins import build_standin
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = root / "standins"
+
+    def get(kind: str):
+        out.mkdir(exist_ok=True)
+        with open(root / f"standins.{kind}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return build_standin(kind, out, n_calibration=STANDIN_CALIBRATION, n_heldout=STANDIN_HELDOUT)
+
+    return get
 
 
 def pytest_configure(config):

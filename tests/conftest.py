@@ -129,8 +129,9 @@ MEMORY_TEMP_MIN_FREE = 4 << 30
 def _temp_root_in_memory(config) -> None:
     """The tests' temporary directories go to /dev/shm (tmpfs) when it has room and no temporary
     directory was chosen (--basetemp, TMPDIR, PYTEST_DEBUG_TEMPROOT): every Dagster run the tests make
-    commits to several SQLite files, each commit an fsync, which on this disk was ~10 % of the suite's
-    time. With `tmp_path_retention_policy = "failed"` a passing run leaves nothing there."""
+    commits to several SQLite files, each commit an fsync (the suite took 280 s on this disk against
+    232 s in memory, side by side). pyproject.toml's retention settings bound what stays: nothing after
+    a passing run, the last failed run's directories for a look."""
     if config.option.basetemp or os.environ.get("TMPDIR") or os.environ.get("PYTEST_DEBUG_TEMPROOT"):
         return
     shm = "/dev/shm"

@@ -131,8 +131,9 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
 
 
 def test_on_a_terminal_dagster_output_still_goes_to_the_log(tmp_path):
-    """The live display redirects this process's sys.stderr; the run workers forked under it write
-    Dagster's lines (the stack traces) to demo.log all the same, and none reach the terminal."""
+    """On a terminal the live display draws the steps; Dagster's lines (the stack traces), from the
+    run workers forked under the display too, go to demo.log and none reach the terminal (the display
+    must not redirect sys.stderr: the forked workers would inherit it)."""
     import fcntl
     import pty
     import struct

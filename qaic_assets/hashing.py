@@ -38,13 +38,14 @@ def sha256_input(path: str | Path) -> str:
     device, inode, size, mtime and ctime stay the same (ctime cannot be set back without the system
     clock): a run worker verifies the same stand-in and held-out files at every step (~1,000 files and
     ~2 s a demo). Outputs are hashed with sha256_file, always."""
-    st = os.stat(path)
+    name = os.fspath(path)
+    st = os.stat(name)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    known = _KNOWN.get(os.fspath(path))
+    known = _KNOWN.get(name)
     if known is not None and known[0] == key:
         return known[1]
     digest = sha256_file(path)
-    _KNOWN[os.fspath(path)] = (key, digest)
+    _KNOWN[name] = (key, digest)
     return digest
 
 

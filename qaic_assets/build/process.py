@@ -116,7 +116,7 @@ def _load_libc():
 # Resolved once in the parent: nothing has to be looked up in the forked child.
 _PRCTL, _SET_HANDLER = _load_libc()
 _SIGTERM = int(signal.SIGTERM)
-_SIG_DFL = 0
+_SIG_DFL = int(signal.SIG_DFL)
 
 
 def _make_preexec(parent_pid: int):

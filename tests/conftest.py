@@ -147,9 +147,3 @@ def pytest_configure(config):
         _temp_root_in_memory(config)
     config.addinivalue_line("markers", "project(**kwargs): options of the tiny_project fixture "
                             "(batch, backend, extra config text)")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests (tests/system, the longest files) first: with `-n auto --dist loadfile` the
-    workers then finish on short files instead of one waiting for the other's long one."""
-    items.sort(key=lambda item: item.path.parent.name != "system")

@@ -1,7 +1,7 @@
 """Benchmark child: the matrix built directly, without Dagster, through the same build service the
-assets call (`build/service.py`: same planning, hashing, manifest, cache, locks, temporary dir
+assets call (`builder/service.py`: same planning, hashing, manifest, cache, locks, temporary dir
 renamed into place, identical CPU builds shared), and the same accuracy evaluation after each CPU
-compile (`build/accuracy.evaluate`, as the compile op does) unless --no-check. The difference to the
+compile (`builder/accuracy.evaluate`, as the compile op does) unless --no-check. The difference to the
 Dagster mode is then only Dagster: runs, step processes, event log, and the demo's own bookkeeping.
 
 Modes:
@@ -38,7 +38,7 @@ def _config():
 def _warm(_: int) -> int:
     """Start a worker (the timed region includes it, as the demo's includes starting its run workers)
     with what the units need imported; held a moment, so that every worker of the pool is started."""
-    from qaic_assets.build import accuracy, service  # noqa: F401
+    from qaic_assets.builder import accuracy, service  # noqa: F401
 
     _config()
     time.sleep(0.1)
@@ -47,7 +47,7 @@ def _warm(_: int) -> int:
 
 def source_unit(model: str) -> dict:
     """What the source op does: make the source present, verify and describe it."""
-    from qaic_assets.build import service
+    from qaic_assets.builder import service
 
     t0 = time.time()
     source = service.source(_config(), model)
@@ -55,7 +55,7 @@ def source_unit(model: str) -> dict:
 
 
 def calibrate_unit(model: str, batch: int) -> dict:
-    from qaic_assets.build import service
+    from qaic_assets.builder import service
 
     t0 = time.time()
     built = service.calibrate(_config(), model, batch)
@@ -64,7 +64,7 @@ def calibrate_unit(model: str, batch: int) -> dict:
 
 
 def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool) -> dict:
-    from qaic_assets.build import service
+    from qaic_assets.builder import service
 
     config = _config()
     t0 = time.time()
@@ -74,7 +74,7 @@ def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool) -
               "compiler_s": 0.0 if built.cached else built.manifest["duration_s"]}
     cfg = config.model(model)
     if check and built.manifest["backend"] == "cpu" and (cfg.heldout or cfg.source.standin):
-        from qaic_assets.build.accuracy import evaluate
+        from qaic_assets.builder.accuracy import evaluate
 
         c0 = time.time()
         _, cached = evaluate(config, model, built.command.argv, built.output, batch,
@@ -130,7 +130,7 @@ def main() -> int:
     args = ap.parse_args()
     check = not args.no_check
 
-    from qaic_assets.build import accuracy, service  # noqa: F401  (imports outside the timed region)
+    from qaic_assets.builder import accuracy, service  # noqa: F401  (imports outside the timed region)
 
     config = _config()
     planned = planned_groups(config)

@@ -26,7 +26,7 @@ from benchmarks import common
 
 CHECK_CODE = """
 import sys, json, time
-from qaic_assets.build.accuracy import compare
+from qaic_assets.builder.accuracy import compare
 t = time.perf_counter()
 compare(sys.argv[1], sys.argv[2], sys.argv[3], batch=int(sys.argv[4]), symbols=json.loads(sys.argv[5]))
 print(time.perf_counter() - t)
@@ -35,14 +35,14 @@ print(time.perf_counter() - t)
 
 def prepare(config, model: str, work: Path) -> dict:
     """Batched calibration inputs, a profile and a compiled binary for batch 1 (offline-nsp14)."""
-    from qaic_assets.build.service import sample_sizes
+    from qaic_assets.builder.service import sample_sizes
     from qaic_assets.qaic.formats.batching import prepare_batched_inputs
-    from qaic_assets.build.accuracy import heldout_files
-    from qaic_assets.build.plan import calibrate_command, compile_command
-    from qaic_assets.build.store import model_inputs
+    from qaic_assets.builder.accuracy import heldout_files
+    from qaic_assets.builder.plan import calibrate_command, compile_command
+    from qaic_assets.builder.store import model_inputs
     from qaic_assets.qaic.flags import parse_argv
     from qaic_assets.qaic.sdk import select_backend
-    from qaic_assets.build.sources import ensure_source
+    from qaic_assets.builder.sources import ensure_source
 
     backend = select_backend(config.backend, config.sdk_root)
     source = ensure_source(config, model)

@@ -165,17 +165,17 @@ def latency_ms(session_input, feeds: dict, budget_s: float = 2.0, min_runs: int 
 def bench_one(config, model: str, batch: int, work: Path, repeat: int, percentile: bool = True) -> dict:
     from qaic_assets.cpu_compiler import graph as cal
     from qaic_assets.qaic.formats import rawdata
-    from qaic_assets.build.accuracy import compare
-    from qaic_assets.build.service import sample_sizes
+    from qaic_assets.builder.accuracy import compare
+    from qaic_assets.builder.service import sample_sizes
     from qaic_assets.qaic.formats.batching import prepare_batched_inputs
-    from qaic_assets.build.accuracy import heldout_files
+    from qaic_assets.builder.accuracy import heldout_files
     from qaic_assets.qaic.commands import BATCHED_LIST_FILE
-    from qaic_assets.build.plan import calibrate_command, compile_command
-    from qaic_assets.build.store import model_inputs
+    from qaic_assets.builder.plan import calibrate_command, compile_command
+    from qaic_assets.builder.store import model_inputs
     from qaic_assets.qaic.flags import parse_argv
-    from qaic_assets.build.process import run_compiler
+    from qaic_assets.builder.process import run_compiler
     from qaic_assets.qaic.sdk import select_backend
-    from qaic_assets.build.sources import ensure_source
+    from qaic_assets.builder.sources import ensure_source
 
     backend = select_backend(config.backend, config.sdk_root)
     source = ensure_source(config, model)

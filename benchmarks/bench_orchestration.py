@@ -9,7 +9,7 @@ regenerates them) and, for Dagster, an empty DAGSTER_HOME with the project's dag
                  process, each executing a run's steps in-process, a run starting once the runs it
                  depends on have finished)
   dagster-spawn  the same with run workers started by spawn (a fresh interpreter each)
-  direct         the same builds through the same build service the assets call (build/service.py: same
+  direct         the same builds through the same build service the assets call (builder/service.py: same
                  argv, hashing, manifest, cache, locks, shared identical CPU builds), in the same groups
                  and schedule as the runs (`demo.plan_runs`: 2 worker processes, a group's units one
                  after another, a group starting once the groups it depends on have finished): the
@@ -20,7 +20,7 @@ regenerates them) and, for Dagster, an empty DAGSTER_HOME with the project's dag
                  before_env); the step-priority optimisation is not undone (that would patch a Dagster
                  internal)
 
-The accuracy check (fp32 vs int8 on the held-out set, `build/accuracy.evaluate`) is work the compile op
+The accuracy check (fp32 vs int8 on the held-out set, `builder/accuracy.evaluate`) is work the compile op
 does on the CPU backend, so direct and serial do it too, after each compile: it is in every mode.
 
 Compiler invocations are counted by a wrapper `qaic-exec-cpu` (see benchmarks/common.py). After every

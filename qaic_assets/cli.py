@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qaic_assets.qaic import recipes
 from qaic_assets.settings import MAX_BATCH, ConfigError, load_settings
-from qaic_assets.build.plan import plan_target
+from qaic_assets.builder.plan import plan_target
 from qaic_assets.qaic.sdk import SdkError, settings_backend
 
 
@@ -149,7 +149,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from qaic_assets.defs.lineage import RegisterError, register_binary
-    from qaic_assets.build.outputs import OutputLocked
+    from qaic_assets.builder.outputs import OutputLocked
 
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)

@@ -123,7 +123,7 @@ class Matrix(_Strict):
 
 class NamingSet(_Strict):
     """One naming set of the RetinaNet head outputs in the profile: loc (boxes) and conf (scores), one
-    name per output, in the harness's order (build/harness.py)."""
+    name per output, in the harness's order (builder/harness.py)."""
 
     loc: list[str] = Field(min_length=1)
     conf: list[str] = Field(min_length=1)

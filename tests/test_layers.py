@@ -13,9 +13,9 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "qaic_assets"
 
 #: Lower number = lower layer. A module may import its own package and any lower layer.
-LAYERS = {"hashing": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "build": 3, "defs": 4,
+LAYERS = {"hashing": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3, "defs": 4,
           "definitions": 5, "cli": 6, "demo": 6}
-DAGSTER_FREE = ("hashing", "qaic", "models", "cpu_compiler", "settings", "build")
+DAGSTER_FREE = ("hashing", "qaic", "models", "cpu_compiler", "settings", "builder")
 
 
 def _layer(module: str) -> str:
@@ -76,8 +76,8 @@ def test_no_dagster_internals_anywhere():
     assert not bad, "Dagster internals used (only public APIs):\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("module", ["qaic_assets.build.service", "qaic_assets.cpu_compiler.main",
-                                    "qaic_assets.models.standins", "qaic_assets.build.accuracy"])
+@pytest.mark.parametrize("module", ["qaic_assets.builder.service", "qaic_assets.cpu_compiler.main",
+                                    "qaic_assets.models.standins", "qaic_assets.builder.accuracy"])
 def test_importing_a_lower_layer_loads_no_dagster(module):
     """Transitively too: the CPU compiler and the build service run where Dagster is not importable."""
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from qaic_assets.build import harness, service
+from qaic_assets.builder import harness, service
 from qaic_assets.defs.keys import POOL, SDK_KEY, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
 from qaic_assets.defs.metadata import labels, stored_path
@@ -56,7 +56,7 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
 
 
 def harness_metadata(manifest: dict) -> dict:
-    """The RetinaNet harness parameters written beside the profile (build/harness.py), numbers as numbers."""
+    """The RetinaNet harness parameters written beside the profile (builder/harness.py), numbers as numbers."""
     params = manifest["extra"].get("harness")
     if not params:
         return {}

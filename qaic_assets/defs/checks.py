@@ -2,7 +2,7 @@
 source on held-out inputs. Passes when the score (accuracy ratio with labels, else top-1 agreement,
 else cosine similarity) reaches the threshold: 0.99 of fp32 by default, the seed's bert-99 criterion.
 
-The numbers come from build/accuracy.py, which keeps them content-addressed so a compile that hits
+The numbers come from builder/accuracy.py, which keeps them content-addressed so a compile that hits
 the build cache reports the stored result (metadata `cached: true`); the threshold is applied here on
 every evaluation, so changing it takes effect without recomputing."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from qaic_assets.build.accuracy import evaluate, threshold
+from qaic_assets.builder.accuracy import evaluate, threshold
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME
 from qaic_assets.settings import Settings
 

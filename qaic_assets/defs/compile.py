@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from qaic_assets.build import service
+from qaic_assets.builder import service
 from qaic_assets.defs.beta import our_beta_apis
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, group_name, profile_key, source_key
 from qaic_assets.defs.metadata import labels, lineage_block, stored_path

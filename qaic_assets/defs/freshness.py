@@ -1,6 +1,6 @@
 """Is a step of the demo up to date, decided before launching its run?
 
-A step is up to date when both sides agree nothing changed: the files (build/reuse.fresh_build:
+A step is up to date when both sides agree nothing changed: the files (builder/reuse.fresh_build:
 manifest, argv, compiler version and the stat keys of inputs and output) and the instance (the
 latest materialization of that partition records the same sha256; the latest `qaic_sdk`
 observation has the current compiler version). Then the demo launches no run for it: a re-run with
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from qaic_assets.build import service
-from qaic_assets.build.reuse import fresh_build, stat_key
-from qaic_assets.build.plan import calibrate_command, compile_command
-from qaic_assets.build.store import calibration_dir, model_inputs
+from qaic_assets.builder import service
+from qaic_assets.builder.reuse import fresh_build, stat_key
+from qaic_assets.builder.plan import calibrate_command, compile_command
+from qaic_assets.builder.store import calibration_dir, model_inputs
 from qaic_assets.qaic.commands import PROFILE_FILE
 from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.qaic.sdk import Backend
@@ -100,8 +100,8 @@ class Freshness:
         return self._fresh_models[model]
 
     def _model_manifests(self, model: str):
-        from qaic_assets.build.manifest import read_manifest
-        from qaic_assets.build.store import model_dir
+        from qaic_assets.builder.manifest import read_manifest
+        from qaic_assets.builder.store import model_dir
 
         root = model_dir(self.config, model)
         for kind in ("calibration", "compiled"):

@@ -11,12 +11,12 @@ import dagster as dg
 from qaic_assets.defs.keys import binary_key, profile_key, source_key
 from qaic_assets.settings import Settings, batch_key
 from qaic_assets.qaic.commands import BINARY_DIR
-from qaic_assets.build.store import compile_dir
-from qaic_assets.build.process import TERM_GRACE_S
-from qaic_assets.build.outputs import atomic_output_dir, clean_stale_temps, output_lock
-from qaic_assets.build.safe_copy import UnsafeSource, check_tree, copy_checked
+from qaic_assets.builder.store import compile_dir
+from qaic_assets.builder.process import TERM_GRACE_S
+from qaic_assets.builder.outputs import atomic_output_dir, clean_stale_temps, output_lock
+from qaic_assets.builder.safe_copy import UnsafeSource, check_tree, copy_checked
 from qaic_assets.hashing import sha256_file
-from qaic_assets.build.manifest import write_manifest
+from qaic_assets.builder.manifest import write_manifest
 from qaic_assets.qaic.sdk import settings_backend
 
 
@@ -87,7 +87,7 @@ def register_binary(config: Settings, instance: dg.DagsterInstance, model: str, 
     if not source.is_dir():
         raise RegisterError(f"{source} is not a directory: pass the directory qaic-exec wrote with "
                             "-aic-binary-dir")
-    try:  # nothing outside the directory, no symlinked binary, no FIFO or device (build/safe_copy.py)
+    try:  # nothing outside the directory, no symlinked binary, no FIFO or device (builder/safe_copy.py)
         files = check_tree(source, backend.binary_file)
     except UnsafeSource as exc:
         raise RegisterError(f"refusing to register {source}: {exc}") from None

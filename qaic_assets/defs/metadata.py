@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import dagster as dg
 
-from qaic_assets.build.manifest import read_manifest
+from qaic_assets.builder.manifest import read_manifest
 from qaic_assets.defs.keys import profile_key, source_key
 from qaic_assets.settings import Settings
 

@@ -1,11 +1,11 @@
 """`<model>/percentile_choice`, one partition per batch, for models with `percentile: sweep`: every
 configured -percentile-calibration-value compiled from the batch's profile with the CPU reference
-compiler and measured against fp32 (build/sweep.py); the best is what `compiled_binary` compiles with.
+compiler and measured against fp32 (builder/sweep.py); the best is what `compiled_binary` compiles with.
 Lineage: compiled_binary <- percentile_choice <- calibration_profile."""
 
 import dagster as dg
 
-from qaic_assets.build import sweep
+from qaic_assets.builder import sweep
 from qaic_assets.defs.keys import POOL, group_name, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings

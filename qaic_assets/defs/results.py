@@ -1,6 +1,6 @@
 """The Dagster side of a build: run config, code versions, failures and metadata.
 
-The build service (qaic_assets/build/service.py) does the work and raises BuildError; this module turns
+The build service (qaic_assets/builder/service.py) does the work and raises BuildError; this module turns
 its manifest into materialization metadata (numbers as numbers, so the UI plots them) and its errors
 into `dg.Failure`s carrying the command and the log tail.
 """
@@ -12,7 +12,7 @@ from typing import Iterator
 
 import dagster as dg
 
-from qaic_assets.build.service import BuildError
+from qaic_assets.builder.service import BuildError
 from qaic_assets.hashing import hash_json
 from qaic_assets.qaic import recipes
 from qaic_assets.settings import Settings

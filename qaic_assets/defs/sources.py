@@ -6,7 +6,7 @@ import socket
 
 import dagster as dg
 
-from qaic_assets.build import service
+from qaic_assets.builder import service
 from qaic_assets.defs.keys import group_name, source_key
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.defs.results import as_failure, code_version

@@ -1,7 +1,7 @@
 """Exact compiler command lines (argv lists) of qaic-exec's calibrate/compile contract, built from the
 recipe table. Outputs are named relative to the working directory (as the seed does with
 `-dump-profile=profile.yaml`), so a build can run the same argv in a temporary directory and rename it
-into place. Where the directories are is the storage layout's business (build/store.py).
+into place. Where the directories are is the storage layout's business (builder/store.py).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from qaic_assets.build import accuracy
+from qaic_assets.builder import accuracy
 from qaic_assets.cpu_compiler import calibrate as cpu_calibrate, graph, main as cpu_exec, ranges
 from qaic_assets.qaic.formats import profiles
 from qaic_assets.qaic import flags as qaic_flags

@@ -15,7 +15,7 @@ from qaic_assets.cli import main
 from qaic_assets.defs.lineage import lineage
 from qaic_assets.settings import load_settings
 from qaic_assets.defs import build_definitions
-from qaic_assets.build.plan import plan_target
+from qaic_assets.builder.plan import plan_target
 from qaic_assets.qaic.sdk import select_backend
 
 

@@ -136,7 +136,7 @@ def test_identical_cpu_commands_are_built_once(cpu_project, monkeypatch):
     """offline-nsp14 and singlestream-nsp14 differ only in flags not applicable on CPU: the second
     partition shares the first one's build (no compiler call) and says so."""
     settings, defs, instance = cpu_project
-    import qaic_assets.build.service as service
+    import qaic_assets.builder.service as service
 
     calls = []
     real = service.run_compiler

@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from qaic_assets.build import accuracy
-from qaic_assets.build.plan import SWEEP_PLACEHOLDER, compile_command
+from qaic_assets.builder import accuracy
+from qaic_assets.builder.plan import SWEEP_PLACEHOLDER, compile_command
 from qaic_assets.defs.keys import binary_key, profile_key
 from qaic_assets.defs.lineage import lineage
 from qaic_assets.defs.percentile import choice_key

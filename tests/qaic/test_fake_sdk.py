@@ -262,8 +262,8 @@ def test_fault_sleep_leaves_partial_output_when_stopped(sdk, model, tmp_path):
 
 
 def test_fake_through_runner_keeps_previous_binary_on_timeout(sdk, model, tmp_path):
-    from qaic_assets.build.process import CompilerTimeout, run_compiler
-    from qaic_assets.build.outputs import atomic_output_dir
+    from qaic_assets.builder.process import CompilerTimeout, run_compiler
+    from qaic_assets.builder.outputs import atomic_output_dir
 
     final = tmp_path / "artifacts" / "bs1|offline-nsp14"
     with atomic_output_dir(final, ["programqpc.bin"]) as tmp:

@@ -11,7 +11,7 @@ import pytest
 from qaic_assets.qaic import recipes
 from qaic_assets.cli import main
 from qaic_assets.settings import load_settings
-from qaic_assets.build.plan import plan_target
+from qaic_assets.builder.plan import plan_target
 from qaic_assets.qaic.sdk import cpu_backend, qaic_backend
 
 THREADS = 6

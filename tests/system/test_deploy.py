@@ -451,8 +451,8 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     from qaic_assets.defs import executor as deploy
     from qaic_assets.defs.keys import binary_key, profile_key
     from qaic_assets.settings import load_settings, parse_batch_key, parse_target_key
-    from qaic_assets.build.store import compile_dir
-    from qaic_assets.build.manifest import MANIFEST_NAME
+    from qaic_assets.builder.store import compile_dir
+    from qaic_assets.builder.manifest import MANIFEST_NAME
     from qaic_assets.hashing import sha256_file
 
     instance, env, workers = deployment["instance"], deployment["env"], deployment["workers"]

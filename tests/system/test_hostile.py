@@ -92,7 +92,7 @@ def test_a_recalibration_during_a_compile_waits_and_the_recorded_profile_is_the_
     starts), a recalibration of bs2 that writes another profile B starts in another process. It must
     wait for the compile ("is reading it"); the compile records A's sha256 and its binary is exactly
     what the compiler makes from A; B lands after the compiler exited."""
-    from qaic_assets.build import service
+    from qaic_assets.builder import service
 
     profile = project.store / "tiny" / "calibration" / "bs2" / "profile.yaml"
     profile_a = profile.read_bytes()
@@ -276,7 +276,7 @@ EVIL_NAME = "ArgMax; touch PWNED1 $(touch PWNED2) `touch PWNED3` | touch PWNED4 
 def test_plan_prints_shell_quoted_lines_that_paste_to_the_exact_argv(project, monkeypatch, capsys, tmp_path):
     """`plan`'s human output, pasted into a shell, runs exactly the planned argv and nothing else
     (a flag value and a storage root full of shell syntax)."""
-    from qaic_assets.build.plan import plan_target
+    from qaic_assets.builder.plan import plan_target
     from qaic_assets.cli import main
     from qaic_assets.qaic.sdk import select_backend
 
@@ -429,7 +429,7 @@ def test_an_unreachable_url_source_fails_clearly_and_leaves_nothing(project, mon
     import socket
     import urllib.error
 
-    from qaic_assets.build import sources
+    from qaic_assets.builder import sources
 
     url = "https://models.example/web.onnx"
     project.reconfigure("models:\n", f"models:\n  web:\n    recipe: resnet50\n    quantize: false\n"

@@ -459,7 +459,7 @@ class FakeResponse(io.BytesIO):
 
 
 def test_url_source_with_wrong_sha256_is_discarded_and_never_used(project, monkeypatch):
-    from qaic_assets.build import sources
+    from qaic_assets.builder import sources
     from qaic_assets.hashing import sha256_file
 
     model = project.root / "tiny.onnx"
@@ -500,7 +500,7 @@ def test_downloads_are_https_only_including_redirects(tmp_path):
     refuses them too, and refuses a redirect from https to http."""
     import urllib.request
 
-    from qaic_assets.build.sources import SourceError, _download, _HttpsOnlyRedirects
+    from qaic_assets.builder.sources import SourceError, _download, _HttpsOnlyRedirects
 
     with pytest.raises(SourceError, match="only https:// URLs are allowed"):
         _download("http://models.example/m.onnx", "0" * 64, tmp_path / "m.onnx")
@@ -563,7 +563,7 @@ def test_missing_node_precision_file_fails_before_the_compiler(project):
 
 # ================================================================================================
 # Compiler faults (non-zero exit, timeout and missing output: tests/defs/test_assets.py::
-# test_failed_compile_keeps_the_previous_binary; runner level: tests/build/test_process.py)
+# test_failed_compile_keeps_the_previous_binary; runner level: tests/builder/test_process.py)
 # ================================================================================================
 
 
@@ -660,7 +660,7 @@ def test_disk_full_fails_clearly_and_keeps_the_previous_output(store_on_tmpfs, s
 
 def test_failed_manifest_write_keeps_the_previous_output(project, monkeypatch):
     """Disk full while we write the manifest (simulated where no tmpfs can be mounted)."""
-    from qaic_assets.build import service
+    from qaic_assets.builder import service
 
     def full(directory, data):
         (Path(directory) / "manifest.json").write_text("{\"half\": ")
@@ -720,13 +720,13 @@ def test_two_runs_of_one_partition_take_turns_and_store_one_complete_output(proj
 def test_output_lock_waits_then_names_the_holder(tmp_path):
     """The lock behind the previous test: a writer that cannot get it in time fails naming the
     directory and the holding process; a SIGKILLed holder releases it at once."""
-    from qaic_assets.build.outputs import OutputLocked, output_lock
+    from qaic_assets.builder.outputs import OutputLocked, output_lock
 
     final = tmp_path / "compiled" / "bs2" / "offline-nsp14"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from qaic_assets.build.outputs import output_lock
+        from qaic_assets.builder.outputs import output_lock
         with output_lock(Path({str(final)!r}), 5):
             print("locked", flush=True)
             time.sleep(60)
@@ -804,9 +804,9 @@ EVIL = "ArgMax; touch PWNED1 $(touch PWNED2) `touch PWNED3` | touch PWNED4 && x\
 
 def test_flag_values_and_paths_reach_the_compiler_as_single_arguments(project, monkeypatch):
     """extra_flags from the config and a storage root full of shell syntax: every value arrives as one
-    argv item, exactly as planned, and nothing is executed (tests/build/test_process.py::
+    argv item, exactly as planned, and nothing is executed (tests/builder/test_process.py::
     test_argv_reaches_child_verbatim_and_nothing_is_executed checks the runner alone)."""
-    from qaic_assets.build.plan import plan_target
+    from qaic_assets.builder.plan import plan_target
     from qaic_assets.qaic.sdk import select_backend
 
     store = project.root / "store $(touch PWNED0); x\n`touch PWNED5`"
@@ -834,7 +834,7 @@ def test_flag_values_and_paths_reach_the_compiler_as_single_arguments(project, m
 
 
 def test_nothing_from_the_config_builds_an_output_path_outside_the_storage_root(tmp_path):
-    from qaic_assets.build import store as layout
+    from qaic_assets.builder import store as layout
 
     urls = {
         "dotdot": "https://models.example/a/..",

@@ -22,20 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from qaic_assets.build import harness
-from qaic_assets.build.manifest import cache_key, cached_manifest, read_manifest, write_manifest
-from qaic_assets.build.outputs import (
+from qaic_assets.builder import harness
+from qaic_assets.builder.manifest import cache_key, cached_manifest, read_manifest, write_manifest
+from qaic_assets.builder.outputs import (
     OutputLocked,
     atomic_output_dir,
     clean_stale_temps,
     first_symlink,
     output_lock,
 )
-from qaic_assets.build.plan import calibrate_command, compile_command
-from qaic_assets.build.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
-from qaic_assets.build.sources import SourceError, SourceModel, ensure_source
-from qaic_assets.build.reuse import applied_key, find_same_build, input_stats, link_build, stat_key
-from qaic_assets.build.store import calibration_dir, compile_dir, model_inputs
+from qaic_assets.builder.plan import calibrate_command, compile_command
+from qaic_assets.builder.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
+from qaic_assets.builder.sources import SourceError, SourceModel, ensure_source
+from qaic_assets.builder.reuse import applied_key, find_same_build, input_stats, link_build, stat_key
+from qaic_assets.builder.store import calibration_dir, compile_dir, model_inputs
 from qaic_assets.hashing import sha256_file
 from qaic_assets.qaic.commands import BATCHED_LIST_FILE, PROFILE_FILE, Command
 from qaic_assets.qaic.flags import file_flags
@@ -45,7 +45,7 @@ from qaic_assets.qaic.formats.rawdata import sample_nbytes
 from qaic_assets.qaic.sdk import Backend, SdkError, settings_backend
 from qaic_assets.settings import Settings, batch_key, parse_target_key, target_key
 
-_LOG = logging.getLogger("qaic_assets.build")
+_LOG = logging.getLogger("qaic_assets.builder")
 #: Every line the compiler printed, kept beside its output (the event log gets a rate-limited summary).
 COMPILER_LOG = "compiler.log"
 
@@ -241,7 +241,7 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
               siblings: dict[str, Path] | None = None) -> tuple[dict, bool]:
     """Run `command` in a temporary dir renamed into place, unless the cache already holds its output.
     With `siblings` (partition -> output dir; CPU compiles), a sibling built with the same applied
-    command is shared instead of compiling again (build/reuse.py). Returns (manifest, cached)."""
+    command is shared instead of compiling again (builder/reuse.py). Returns (manifest, cached)."""
     key = cache_key(command.argv, (compiler.name, compiler.version), inputs)
     shared_key = applied_key(command.argv, (compiler.name, compiler.version), inputs) if siblings else None
     # one writer per output dir at a time (a second run of the same partition waits, then may hit the
@@ -345,7 +345,7 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     compiler = backend(config)
     percentile = None
     if cfg.quantize and cfg.sweeps_percentile:  # the value <model>/percentile_choice picked for this batch
-        from qaic_assets.build.sweep import chosen_percentile, choice_path
+        from qaic_assets.builder.sweep import chosen_percentile, choice_path
 
         percentile, _ = chosen_percentile(config, model, batch)
     command = compile_command(config, compiler, model, batch, scenario, nsp, percentile=percentile)
@@ -359,7 +359,7 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
     extra: dict = {}
     siblings = None
-    if compiler.name == "cpu":  # identical applied commands share one build (build/reuse.py)
+    if compiler.name == "cpu":  # identical applied commands share one build (builder/reuse.py)
         siblings = {f"{batch_key(batch)}|{t}": compile_dir(config, model, batch, *parse_target_key(t))
                     for t in config.matrix_of(model).targets if t != target_key(scenario, nsp)}
 

@@ -1,10 +1,10 @@
-"""build/sources.py: a source is verified and described at every step, its model parsed once."""
+"""builder/sources.py: a source is verified and described at every step, its model parsed once."""
 
 from __future__ import annotations
 
 import onnx
 
-from qaic_assets.build import sources
+from qaic_assets.builder import sources
 
 
 def test_a_source_model_is_parsed_once_per_content(tiny_project, monkeypatch):

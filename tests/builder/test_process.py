@@ -1,4 +1,4 @@
-"""qaic_assets.build.process: argv safety, selective streaming, failures, timeout, cancellation, RSS,
+"""qaic_assets.builder.process: argv safety, selective streaming, failures, timeout, cancellation, RSS,
 atomic output dirs, manifests and hashes."""
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import pytest
 
 from helpers import alive, wait_gone
 
-from qaic_assets.build.output_stream import LOG_LINE_PATTERN
-from qaic_assets.build.process import (
+from qaic_assets.builder.output_stream import LOG_LINE_PATTERN
+from qaic_assets.builder.process import (
     CompilerError,
     CompilerFailed,
     CompilerTimeout,
     RunResult,
     run_compiler,
 )
-from qaic_assets.build.outputs import MissingOutput, atomic_output_dir, clean_stale_temps
+from qaic_assets.builder.outputs import MissingOutput, atomic_output_dir, clean_stale_temps
 from qaic_assets.hashing import sha256_file
-from qaic_assets.build.manifest import write_manifest
+from qaic_assets.builder.manifest import write_manifest
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
@@ -281,7 +281,7 @@ def test_child_dies_when_our_process_is_sigkilled(tmp_path):
     pidfile = tmp_path / "pids"
     parent_code = textwrap.dedent(f"""
         import sys
-        from qaic_assets.build.process import run_compiler
+        from qaic_assets.builder.process import run_compiler
         run_compiler({sleeper(pidfile)!r}, timeout_s=60)
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -320,7 +320,7 @@ def test_peak_rss_not_inflated_by_a_big_parent():
     # from a fat step process must still report its own peak.
     code = textwrap.dedent("""
         import sys
-        from qaic_assets.build.process import run_compiler
+        from qaic_assets.builder.process import run_compiler
         ballast = b"x" * (400 * 1024 * 1024)
         r = run_compiler([sys.executable, "-c", "import time; time.sleep(0.5)"], timeout_s=30)
         print(r.peak_rss_bytes)

@@ -31,15 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from qaic_assets.build.output_stream import (
+from qaic_assets.builder.output_stream import (
     GATHER_S,
     LINES_PER_S,
     PROGRESS_MIN_INTERVAL_S,
     LogForwarder,
     OutputReader,
 )
-from qaic_assets.build.proctree import TOKEN_ENV, Descendants, new_token
-from qaic_assets.build.rss import PeakRss
+from qaic_assets.builder.proctree import TOKEN_ENV, Descendants, new_token
+from qaic_assets.builder.rss import PeakRss
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What a materialization would run for any target of the matrix: the command lines of
-qaic/commands.py placed in the storage layout of build/store.py. The asset ops run exactly these;
+qaic/commands.py placed in the storage layout of builder/store.py. The asset ops run exactly these;
 `qaic-assets plan` prints them.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qaic_assets.build.store import calibration_dir, compile_dir, model_inputs
+from qaic_assets.builder.store import calibration_dir, compile_dir, model_inputs
 from qaic_assets.qaic.commands import (
     PROFILE_FILE,
     Command,

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from qaic_assets.cpu_compiler import graph
-from qaic_assets.build.store import checks_dir, model_inputs, source_dir
+from qaic_assets.builder.store import checks_dir, model_inputs, source_dir
 from qaic_assets.hashing import atomic_write, hash_json, sha256_file, sha256_input
 from qaic_assets.qaic.flags import parse_argv
 from qaic_assets.qaic.formats import rawdata

@@ -1,4 +1,4 @@
-"""qaic_assets.build.process under a hostile compiler (issue 14): thousands of output lines through a
+"""qaic_assets.builder.process under a hostile compiler (issue 14): thousands of output lines through a
 slow event log, a line of hundreds of MB, helpers that leave the process group with setsid. The wall
 time is bounded by the timeout, memory by a constant, and no helper outlives the call.
 
@@ -20,7 +20,7 @@ import pytest
 
 from helpers import alive, wait_gone
 
-from qaic_assets.build.process import CompilerTimeout, run_compiler
+from qaic_assets.builder.process import CompilerTimeout, run_compiler
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_a_300_mb_line_costs_bounded_memory(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys
         from pathlib import Path
-        from qaic_assets.build.process import run_compiler
+        from qaic_assets.builder.process import run_compiler
         child = [sys.executable, "-c", "import sys\\nchunk = b'x' * (1 << 20)\\n"
                  "for _ in range(300): sys.stdout.buffer.write(chunk)\\nsys.stdout.buffer.flush()"]
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -5,7 +5,7 @@ Every candidate is built with the CPU reference compiler (qaic-exec-cpu, any mac
 be one the SDK dumped on a card host) by the same build service as a binary (cache, atomic dir,
 manifest), into ``<model>/percentile/bs<N>/p<value>/``, with the compile command of the model's first
 target and ``-quantization-calibration=Percentile -percentile-calibration-value=<value>``. Each is
-measured against the fp32 model on the held-out inputs (build/accuracy.py: accuracy ratio with labels,
+measured against the fp32 model on the held-out inputs (builder/accuracy.py: accuracy ratio with labels,
 else top-1 agreement, else cosine). The highest score wins; a tie goes to the candidate listed first.
 The choice (value, the table value -> score, the profile it was made on) is written atomically to
 ``<model>/percentile/bs<N>/percentile_choice.json``; a model with ``percentile: sweep`` compiles its
@@ -19,17 +19,17 @@ import json
 import logging
 from pathlib import Path
 
-from qaic_assets.build import service
-from qaic_assets.build.accuracy import evaluate, heldout_files
-from qaic_assets.build.plan import compile_command
-from qaic_assets.build.store import calibration_dir, model_dir
+from qaic_assets.builder import service
+from qaic_assets.builder.accuracy import evaluate, heldout_files
+from qaic_assets.builder.plan import compile_command
+from qaic_assets.builder.store import calibration_dir, model_dir
 from qaic_assets.hashing import atomic_write, sha256_file
 from qaic_assets.qaic.commands import PROFILE_FILE
 from qaic_assets.qaic.sdk import cpu_backend
 from qaic_assets.settings import Settings, batch_key
 
 CHOICE_FILE = "percentile_choice.json"
-_LOG = logging.getLogger("qaic_assets.build")
+_LOG = logging.getLogger("qaic_assets.builder")
 
 
 def sweep_dir(config: Settings, model: str, batch: int) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 
 from qaic_assets.settings import Settings
-from qaic_assets.build.store import model_inputs, source_dir
+from qaic_assets.builder.store import model_inputs, source_dir
 from qaic_assets.hashing import sha256_file, sha256_input
 
 CHUNK = 1 << 20

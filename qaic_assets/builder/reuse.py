@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from qaic_assets.build.manifest import MANIFEST_NAME, cache_key, read_manifest
+from qaic_assets.builder.manifest import MANIFEST_NAME, cache_key, read_manifest
 from qaic_assets.hashing import hash_json, sha256_file
 from qaic_assets.qaic.flags import APPLIED, FLAGS, FlagError, parse_argv
 

@@ -1,4 +1,4 @@
-"""RetinaNet harness parameters (build/harness.py) equal CM's calibrate postprocess on a hand-computed
+"""RetinaNet harness parameters (builder/harness.py) equal CM's calibrate postprocess on a hand-computed
 profile, for both of CM's naming sets; a profile without the named outputs is refused by name."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from qaic_assets.build import harness
+from qaic_assets.builder import harness
 from qaic_assets.qaic.formats.profiles import Profile, ProfileEntry, write_profile
 from qaic_assets.settings import CM_NAMING_SETS, Harness, NamingSet
 

@@ -1,4 +1,4 @@
-"""Files named by flags are inputs of a build (build/service.py flag_files): resolved against the
+"""Files named by flags are inputs of a build (builder/service.py flag_files): resolved against the
 config file, checked before anything is written, and their sha256 is part of the cache key, so editing
 one rebuilds (on the strict stand-in SDK, through the build service without Dagster)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fake_sdk import read_calls, write_tiny_files
-from qaic_assets.build import service
+from qaic_assets.builder import service
 from qaic_assets.settings import load_settings
 
 CONFIG = """

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-deploy ui clean
+.PHONY: install demo test test-deploy ui clean browser
 
 $(STAMP): pyproject.toml setup.py qaic_assets/cpu_compiler/_bins.c
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: install
 test-deploy: install
 	$(PY) -m pip install --quiet -e '.[test,deploy]'
 	QAIC_TEST_DEPLOY=1 $(PY) -m pytest -q -m deploy tests/system/test_deploy.py
+
+# The headless browser tests/system/test_ui.py needs (Debian's chromium; as root); else it is skipped.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 ui: install
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

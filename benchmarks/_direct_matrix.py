@@ -58,18 +58,19 @@ def calibrate_unit(model: str, batch: int) -> dict:
     from qaic_assets.builder import service
 
     t0 = time.time()
-    built = service.calibrate(_config(), model, batch)
+    built = service.calibrate_profile(_config(), model, batch)
     return {"unit": f"calibrate {model} bs{batch}", "start": t0, "end": time.time(), "cached": built.cached,
             "compiler_s": 0.0 if built.cached else built.manifest["duration_s"]}
 
 
-def compile_unit(model: str, batch: int, scenario: str, nsp: int, check: bool) -> dict:
+def compile_unit(model: str, partition, check: bool) -> dict:
     from qaic_assets.builder import service
 
     config = _config()
     t0 = time.time()
-    built = service.compile(config, model, batch, scenario, nsp)
-    result = {"unit": f"compile {model} bs{batch}|{scenario}-nsp{nsp}", "start": t0, "cached": built.cached,
+    built = service.compile_binary(config, model, partition)
+    batch = partition.batch
+    result = {"unit": f"compile {model} {partition.key}", "start": t0, "cached": built.cached,
               "same_build_as": built.same_build_as,
               "compiler_s": 0.0 if built.cached else built.manifest["duration_s"]}
     cfg = config.model(model)
@@ -90,7 +91,7 @@ def planned_groups(config) -> list[tuple[str, list[tuple], tuple[int, ...]]]:
     (observing the SDK needs no compiler: that run's group is empty)."""
     from qaic_assets.demo import plan_runs
     from qaic_assets.defs.keys import binary_key, profile_key, source_key
-    from qaic_assets.settings import parse_batch_key, parse_target_key
+    from qaic_assets.keys import BinaryPartition, parse_batch_key
 
     out = []
     for run in plan_runs(config):
@@ -103,8 +104,7 @@ def planned_groups(config) -> list[tuple[str, list[tuple], tuple[int, ...]]]:
             elif step.key == profile_key(step.model):
                 units.append(("calibrate", step.model, parse_batch_key(step.partition)))
             elif step.key == binary_key(step.model):
-                batch, target = step.partition.split("|")
-                units.append(("compile", step.model, parse_batch_key(batch), *parse_target_key(target)))
+                units.append(("compile", step.model, BinaryPartition.parse(step.partition)))
         out.append((run.label, units, run.after))
     return out
 

@@ -39,6 +39,7 @@ def prepare(config, model: str, work: Path) -> dict:
     from qaic_assets.qaic.formats.batching import prepare_batched_inputs
     from qaic_assets.builder.accuracy import heldout_files
     from qaic_assets.builder.plan import calibrate_command, compile_command
+    from qaic_assets.keys import BinaryPartition
     from qaic_assets.builder.store import model_inputs
     from qaic_assets.qaic.flags import parse_argv
     from qaic_assets.qaic.sdk import select_backend
@@ -47,7 +48,7 @@ def prepare(config, model: str, work: Path) -> dict:
     backend = select_backend(config.backend, config.sdk_root)
     source = ensure_source(config, model)
     cal = calibrate_command(config, backend, model, 1)
-    comp = compile_command(config, backend, model, 1, "offline", 14)
+    comp = compile_command(config, backend, model, BinaryPartition(1, "offline", 14))
     base = work / model
     if base.exists():
         shutil.rmtree(base)

@@ -171,6 +171,7 @@ def bench_one(config, model: str, batch: int, work: Path, repeat: int, percentil
     from qaic_assets.builder.accuracy import heldout_files
     from qaic_assets.qaic.commands import BATCHED_LIST_FILE
     from qaic_assets.builder.plan import calibrate_command, compile_command
+    from qaic_assets.keys import BinaryPartition
     from qaic_assets.builder.store import model_inputs
     from qaic_assets.qaic.flags import parse_argv
     from qaic_assets.builder.process import run_compiler
@@ -181,7 +182,7 @@ def bench_one(config, model: str, batch: int, work: Path, repeat: int, percentil
     source = ensure_source(config, model)
     inputs = model_inputs(config, model)
     calib_cmd = calibrate_command(config, backend, model, batch)
-    comp_cmd = compile_command(config, backend, model, batch, "offline", 14)
+    comp_cmd = compile_command(config, backend, model, BinaryPartition(batch, "offline", 14))
     base = work / model / f"bs{batch}"
     if base.exists():
         shutil.rmtree(base)

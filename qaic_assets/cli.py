@@ -13,6 +13,7 @@ from pathlib import Path
 from qaic_assets.qaic import recipes
 from qaic_assets.settings import MAX_BATCH, ConfigError, load_settings
 from qaic_assets.builder.plan import plan_target
+from qaic_assets.keys import BinaryPartition
 from qaic_assets.qaic.sdk import SdkError, settings_backend
 
 
@@ -104,18 +105,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _partition(config, model: str, key: str) -> tuple[int, str, int]:
-    from qaic_assets.settings import parse_batch_key, parse_target_key
-
-    matrix = config.matrix_of(model)
-    batch, _, target = key.partition("|")
-    if batch not in matrix.batch_keys or target not in matrix.targets:
-        raise UsageError(
-            f"unknown partition {key!r} of {model}/compiled_binary; valid: "
-            + ", ".join(f"{b}|{t}" for b in matrix.batch_keys for t in matrix.targets)
-        )
-    scenario, nsp = parse_target_key(target)
-    return parse_batch_key(batch), scenario, nsp
+def _partition(config, model: str, key: str) -> BinaryPartition:
+    valid = {p.key: p for p in config.matrix_of(model).binary_partitions}
+    if key not in valid:
+        raise UsageError(f"unknown partition {key!r} of {model}/compiled_binary; valid: " + ", ".join(valid))
+    return valid[key]
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -148,17 +142,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from qaic_assets.defs.lineage import RegisterError, register_binary
-    from qaic_assets.builder.outputs import OutputLocked
+    from qaic_assets.builder.service import BuildError
+    from qaic_assets.defs.lineage import register_binary
 
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
-    batch, scenario, nsp = _partition(config, args.model, args.partition)
+    partition = _partition(config, args.model, args.partition)
     _dagster_home()
     with dg.DagsterInstance.get() as instance:
         try:
-            info = register_binary(config, instance, args.model, batch, scenario, nsp, Path(args.source))
-        except (RegisterError, OutputLocked) as exc:
+            info = register_binary(config, instance, args.model, partition, Path(args.source))
+        except BuildError as exc:
             raise CommandError(str(exc)) from exc
     print(f"registered {args.model}/compiled_binary {args.partition}: {info['path']} sha256 {info['sha256']}")
     return 0

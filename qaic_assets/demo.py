@@ -8,7 +8,7 @@ run starts as soon as the runs it depends on have finished, so a core is never l
 another run's slowest step (docs/BENCHMARKS.md). Every run is recorded in the instance, so
 the UI (`make ui`) shows the same materializations afterwards. Ends with a table of what was built.
 
-Quiet and alive: a step found up to date before its run is launched (defs/freshness.py) is not run
+Quiet and alive: a step found up to date before its run is launched (defs/up_to_date.py) is not run
 at all; the others are followed from the event log (defs/progress.py: a live display on a terminal,
 one line per step otherwise). Dagster's own console output (the step processes' DEBUG lines,
 tracebacks) goes to a log file named at the end; a failed step's message is printed in its line.
@@ -31,12 +31,11 @@ from pathlib import Path
 import dagster as dg
 
 from qaic_assets.defs.executor import execution_run_config
-from qaic_assets.defs.freshness import Freshness, Step
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.defs.up_to_date import UpToDate, Step
+from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, DEMO_TAG, POOL, SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.defs.progress import UP_TO_DATE, PlainProgress, RunFollower, progress_for
 from qaic_assets.settings import Settings, load_settings
 
-DEMO_TAG = "qaic_assets/demo_run"
 
 
 #: How a process of the demo's runs starts (env QAIC_ASSETS_START_METHOD overrides): a run worker,
@@ -66,22 +65,12 @@ def worker_start_method(choice: str | None = None) -> str:
     return "fork" if single and sys.platform.startswith("linux") else start_method()  # macOS: fork is unsafe
 
 
-def instance_modules(instance: dg.DagsterInstance | None) -> list[str]:
-    """The modules a step process imports to open `instance` (its storages and compute log manager:
-    SQLAlchemy, Alembic, ... ~0.5 s), so that the forkserver imports them once instead."""
-    if instance is None:
-        return []
-    modules = set()
-    for name in ("run_storage", "event_log_storage", "schedule_storage", "compute_log_manager"):
-        try:
-            modules.add(type(getattr(instance, name)).__module__)
-        except Exception:  # noqa: BLE001 - a storage that cannot be inspected is just not preloaded
-            continue
-    return sorted(modules)
+def dagster_home() -> str:
+    """The instance's directory: DagsterInstance.get() opens $DAGSTER_HOME (the Makefile sets it)."""
+    return os.path.abspath(os.environ["DAGSTER_HOME"])
 
 
-def run_config(max_concurrent: int = 2, method: str | None = None,
-               instance: dg.DagsterInstance | None = None, *, in_process: bool = False) -> dict:
+def run_config(max_concurrent: int = 2, method: str | None = None, *, in_process: bool = False) -> dict:
     """Run config of a demo run: the deployment's execution config (deploy.execution_run_config), with
     the step start method set when it is the multiprocess executor, or Dagster's in-process executor
     when `in_process` (and the deployment's executor is the default one); console logs at WARNING."""
@@ -91,12 +80,8 @@ def run_config(max_concurrent: int = 2, method: str | None = None,
         config = {"execution": {"config": {"in_process": {}}}}
     elif multiprocess is not None:
         method = start_method(method)
-        multiprocess["start_method"] = {method: {"preload_modules": preload(instance)} if method == "forkserver" else {}}
+        multiprocess["start_method"] = {method: {"preload_modules": PRELOAD} if method == "forkserver" else {}}
     return {**config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def preload(instance: dg.DagsterInstance | None) -> list[str]:
-    return [PRELOAD[0], *instance_modules(instance), *PRELOAD[1:]]
 
 
 def job_for(name: str) -> dg.JobDefinition:
@@ -116,7 +101,7 @@ def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = Non
 
     tags = {**(tags or {}), **partition_run_tags(partition)}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
-    config = run_config(max_concurrent, method, instance, in_process=in_process)
+    config = run_config(max_concurrent, method, in_process=in_process)
     return dg.execute_job(job, instance=instance, run_config=config, tags=tags, asset_selection=asset_selection)
 
 
@@ -174,12 +159,12 @@ def plan_runs(config: Settings) -> list[PlannedRun]:
             for b in matrix.batch_keys:
                 calibration[b] = len(runs)
                 runs.append(PlannedRun(calib_job, b, [Step(profile_key(m), m, b) for m in quantized], first))
-        for b in matrix.batch_keys:
-            after = (*first, *([calibration[b]] if b in calibration else []))
-            for t in matrix.targets:
-                runs.append(PlannedRun(compile_job, f"{b}|{t}", [Step(binary_key(m), m, f"{b}|{t}") for m in models],
-                                       after))
-                after = (*after, len(runs) - 1)
+        after_by_batch: dict[str, tuple[int, ...]] = {}
+        for p in matrix.binary_partitions:
+            b = p.batch_key
+            after = after_by_batch.get(b) or (*first, *([calibration[b]] if b in calibration else []))
+            runs.append(PlannedRun(compile_job, p.key, [Step(binary_key(m), m, p.key) for m in models], after))
+            after_by_batch[b] = (*after, len(runs) - 1)
     return runs
 
 
@@ -204,6 +189,7 @@ def run_workers_for(instance: dg.DagsterInstance, most: int = RUN_WORKERS) -> in
     instance, else dagster.yaml's default), at most `most`: then the demo never holds more compile
     steps than the pool allows, even when two workers claim a slot at the same instant (Dagster's
     SQLite storage can grant both)."""
+    # non-public: no public API reads a pool's limit (tests/test_layers.py NON_PUBLIC)
     limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
     limit = limits.get(POOL, instance.global_op_concurrency_default_limit)
     return most if limit is None else max(1, min(most, int(limit)))
@@ -212,13 +198,13 @@ def run_workers_for(instance: dg.DagsterInstance, most: int = RUN_WORKERS) -> in
 def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None) -> ProcessPoolExecutor:
     """The run worker processes, started now: forked here and now (worker_start_method), or from a
     thread, as a forkserver's workers wait for its preload while this process goes on."""
-    context = multiprocessing.get_context(worker_start_method(method))
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(preload(instance))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                               initargs=(str(instance.root_directory),))
-    print(f"run workers: {workers}, started by {context.get_start_method()}", file=sys.stderr, flush=True)
-    if context.get_start_method() == "fork":
+    mp_context = multiprocessing.get_context(worker_start_method(method))
+    if mp_context.get_start_method() == "forkserver":
+        mp_context.set_forkserver_preload(PRELOAD)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, initializer=_start_worker,
+                               initargs=(dagster_home(),))
+    print(f"run workers: {workers}, started by {mp_context.get_start_method()}", file=sys.stderr, flush=True)
+    if mp_context.get_start_method() == "fork":
         sys.stdout.flush()  # else a worker would print this process's buffered output again
         for _ in range(workers):  # the pool forks all its workers at the first submit, before its threads
             pool.submit(_worker_ready)
@@ -229,9 +215,9 @@ def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None)
 
 def _fail_lost_run(instance: dg.DagsterInstance, token: str, why: str) -> None:
     """A run whose worker died (killed, out of memory) is recorded as failed, not left STARTED."""
-    for run in instance.get_runs(filters=dg.RunsFilter(tags={DEMO_TAG: token}), limit=1):
-        if not run.is_finished:
-            instance.report_run_failed(run, message=why)
+    for record in instance.get_run_records(filters=dg.RunsFilter(tags={DEMO_TAG: token}), limit=1):
+        if not record.dagster_run.is_finished:
+            instance.report_run_failed(record.dagster_run, message=why)  # non-public: tests/test_layers.py
 
 
 def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: str | None = None,
@@ -248,7 +234,7 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     runs = plan_runs(config)
     workers = workers or run_workers_for(instance)
     graph = defs.resolve_asset_graph()
-    freshness = Freshness(config, instance, {s.key: graph.get(s.key).code_version for r in runs for s in r.steps})
+    up_to_date = UpToDate(config, instance, {s.key: graph.get(s.key).code_version for r in runs for s in r.steps})
     progress = progress or PlainProgress(len(runs), sum(len(r.steps) for r in runs))
     outcomes: dict[int, bool] = {}
     going: dict[Future, tuple[int, str, RunFollower]] = {}
@@ -263,7 +249,7 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
 
     def launch(i: int) -> None:
         run = runs[i]
-        stale = [s for s in run.steps if not freshness.up_to_date(s)]
+        stale = [s for s in run.steps if not up_to_date.up_to_date(s)]
         for s in run.steps:
             if s not in stale:
                 progress.step_done(step_label(s), UP_TO_DATE)
@@ -311,43 +297,31 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     return [(run.job, run.partition, outcomes[i]) for i, run in enumerate(runs)]
 
 
-def _latest_checks(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str]:
-    """Partition -> status of its latest accuracy check (the check is per partition)."""
-    check_key = dg.AssetCheckKey(key, ACCURACY_CHECK_NAME)
-    latest: dict[str, str] = {}
-    for record in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=500):
-        if record.partition is not None:
-            latest.setdefault(record.partition, record.status.value)  # newest first
-    return latest
-
-
 def built_table(config: Settings, instance: dg.DagsterInstance) -> list[dict]:
     """The latest materialization of every compiled partition, read back from the instance."""
     rows = []
     for model in config.model_names:
         key = binary_key(model)
-        checks = _latest_checks(instance, key)
         matrix = config.matrix_of(model)
-        for b in matrix.batch_keys:
-            for t in matrix.targets:
-                partition = f"{b}|{t}"
-                records = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-                ).records
-                if not records:
-                    rows.append({"model": model, "partition": partition, "status": "missing"})
-                    continue
-                meta = records[0].asset_materialization.metadata
-                same = meta.get("same_build_as")
-                rows.append({
-                    "model": model, "partition": partition, "status": "built",
-                    "size_mb": meta["size_bytes"].value / 2**20,
-                    "compile_s": meta["duration_s"].value,
-                    "sha256": meta["sha256"].value[:12],
-                    "backend": meta["backend"].value,
-                    "check": checks.get(partition, "-"),
-                    "note": f"same build as {same.value}" if same else "",
-                })
+        for p in matrix.binary_partitions:
+            partition = p.key
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+            ).records
+            if not records:
+                rows.append({"model": model, "partition": partition, "status": "missing"})
+                continue
+            meta = records[0].asset_materialization.metadata
+            same = meta.get("same_build_as")
+            rows.append({
+                "model": model, "partition": partition, "status": "built",
+                "size_mb": meta["size_bytes"].value / 2**20,
+                "compile_s": meta["duration_s"].value,
+                "sha256": meta["sha256"].value[:12],
+                "backend": meta["backend"].value,
+                "check": meta[ACCURACY_CHECK_NAME].value if ACCURACY_CHECK_NAME in meta else "-",
+                "note": f"same build as {same.value}" if same else "",
+            })
     return rows
 
 
@@ -384,7 +358,7 @@ def main() -> int:
     config = load_settings()
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        log = Path(instance.root_directory) / "logs" / "demo.log"
+        log = Path(dagster_home()) / "logs" / "demo.log"
         runs = plan_runs(config)
         print(f"materializing {sum(len(r.steps) for r in runs)} steps in {len(runs)} runs "
               f"(steps already up to date launch no run); Dagster's own log: {log}", flush=True)

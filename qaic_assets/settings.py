@@ -27,16 +27,19 @@ from pydantic import (
     model_validator,
 )
 
+from qaic_assets.keys import BinaryPartition, batch_key, target_key
+
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
-SCENARIOS = ("offline", "server", "singlestream", "multistream")
 STANDIN_KINDS = ("resnet50", "retinanet", "bert-99")
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # also a Dagster tag value: <= 63 chars
 #: Upper bounds of what a real deployment uses (batch sizes of the MLPerf submissions are <= 1024;
 #: an AI 100 Ultra card has 4 x 16 NSPs); anything above is a typo that would only fail later.
 MAX_BATCH = 4096
 MAX_NSP = 64
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 Batch = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH)]
+#: who owns an asset, as Dagster shows it: an email address or `team:<name>`
+Owner = Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")]
 Nsp = Annotated[int, Field(strict=True, ge=1, le=MAX_NSP)]
 
 
@@ -120,6 +123,11 @@ class Matrix(_Strict):
     def batch_keys(self) -> list[str]:
         return [batch_key(b) for b in self.batch]
 
+    @property
+    def binary_partitions(self) -> list[BinaryPartition]:
+        """Every compiled binary's partition, batch-major (the order of the demo's runs)."""
+        return [BinaryPartition(b, s, n) for b in self.batch for s in self.scenarios for n in self.nsp]
+
 
 class NamingSet(_Strict):
     """One naming set of the RetinaNet head outputs in the profile: loc (boxes) and conf (scores), one
@@ -163,6 +171,7 @@ class ModelConfig(_Strict):
     percentile_candidates: list[Annotated[float, Field(ge=90, le=100)]] = Field(
         default_factory=lambda: list(DEFAULT_PERCENTILE_CANDIDATES), min_length=1)
     harness: Harness = Field(default_factory=Harness)  # used by the retinanet recipe
+    owners: list[Owner] | None = None  # None: the project's `owners`
     accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
     # compiler flags appended to every compile of this model (after the recipe's, before -batchsize),
     # one argv item each (`-name` or `-name=value`; never split, never through a shell); checked against
@@ -208,7 +217,7 @@ class ThroughputCheck(_Strict):
     inferences: int = Field(default=1000, ge=1, le=10**9)
     device: int = Field(default=0, ge=0, le=1024)
     activations: int | None = Field(default=None, ge=1, le=1024)  # None: partition nsp // NSPs required
-    timeout_s: float = Field(default=600.0, gt=0, le=86400)
+    timeout_s: float = Field(default=600.0, gt=0, le=86400, allow_inf_nan=False)  # qaic-runner's timeout
 
 
 class Nightly(_Strict):
@@ -231,6 +240,7 @@ class Settings(_Strict):
     accuracy_threshold: float = Field(default=0.99, gt=0, le=1)
     sdk_observe_cron: str = "*/15 * * * *"
     nightly: Nightly = Nightly()
+    owners: list[Owner] = Field(default_factory=list)  # shown on every asset in the UI; a model may override
     source_file: Path | None = None
 
     @field_validator("models")
@@ -239,8 +249,8 @@ class Settings(_Strict):
         for name in models:
             if not MODEL_NAME_RE.fullmatch(name) or ".." in name:
                 raise ValueError(
-                    f"model name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
-                    "(no '/', '..' or spaces), since it becomes an asset key and a directory"
+                    f"model name {name!r} is not allowed: use at most 63 letters, digits, '_', '-', '.' "
+                    "(no '/', '..' or spaces), since it becomes an asset key, a directory and a tag"
                 )
         return models
 
@@ -271,6 +281,10 @@ class Settings(_Strict):
 
     def matrix_of(self, name: str) -> Matrix:
         return self.models[name].matrix or self.matrix
+
+    def owners_of(self, name: str) -> list[str]:
+        owners = self.models[name].owners
+        return list(self.owners if owners is None else owners)
 
     @property
     def model_names(self) -> list[str]:
@@ -305,27 +319,6 @@ def _check_extra_flags(model: str, flags: list[str], quantize: bool) -> None:
         check_output_paths(flags)
     except FlagError as exc:
         raise ValueError(f"model {model!r}: extra_flags: {exc}") from None
-
-
-def target_key(scenario: str, nsp: int) -> str:
-    return f"{scenario}-nsp{nsp}"
-
-
-def parse_target_key(key: str) -> tuple[str, int]:
-    scenario, _, nsp = key.rpartition("-nsp")
-    if scenario not in SCENARIOS or not nsp.isdigit():
-        raise ValueError(f"target {key!r} is not like 'offline-nsp14'")
-    return scenario, int(nsp)
-
-
-def batch_key(batch: int) -> str:
-    return f"bs{batch}"
-
-
-def parse_batch_key(key: str) -> int:
-    if not (key.startswith("bs") and key[2:].isdigit() and int(key[2:]) > 0):
-        raise ValueError(f"batch {key!r} is not like 'bs8'")
-    return int(key[2:])
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

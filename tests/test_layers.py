@@ -1,9 +1,13 @@
-"""The package's layers (DESIGN.md, Layers): only `defs/` and the entry points import dagster, nothing
-imports from a layer above its own, and no module reaches into Dagster's internals."""
+"""The package's layers (docs/ARCHITECTURE.md): only `defs/` and the entry points import dagster,
+nothing imports from a layer above its own, and no module reaches into Dagster's internals: no
+`dagster._` import, and no instance or context attribute that Dagster does not mark public, except the
+few named in NON_PUBLIC with the reason no public way exists (pinned to the tested Dagster series)."""
 
 from __future__ import annotations
 
 import ast
+import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +17,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "qaic_assets"
 
 #: Lower number = lower layer. A module may import its own package and any lower layer.
-LAYERS = {"hashing": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3, "defs": 4,
+LAYERS = {"hashing": 0, "keys": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3, "defs": 4,
           "definitions": 5, "cli": 6, "demo": 6}
 DAGSTER_FREE = ("hashing", "qaic", "models", "cpu_compiler", "settings", "builder")
 
@@ -70,7 +74,8 @@ def test_no_dagster_internals_anywhere():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            bad += [f"{path}: {n}" for n in names if n.startswith(("dagster._", "dagster_shared"))]
+            bad += [f"{path}: {n}" for n in names if n.startswith(("dagster._", "dagster_shared"))
+                    and not (path == Path(__file__).resolve() and n == "dagster._annotations")]
         if path != Path(__file__).resolve() and "dagster._" in path.read_text():  # also named in a string
             bad.append(f"{path}: names a dagster._ module")
     assert not bad, "Dagster internals used (only public APIs):\n" + "\n".join(bad)
@@ -83,3 +88,76 @@ def test_importing_a_lower_layer_loads_no_dagster(module):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+#: (class, attribute) -> why: the non-public instance/context attributes the package uses. Each has no
+#: public equivalent in the tested Dagster series; test_the_non_public_dagster_uses_are_pinned fails on
+#: another series or when one of them is gone, so an upgrade starts here.
+NON_PUBLIC = {
+    ("AutomationContext", "asset_graph_view"): "a custom condition's only way to the instance (defs/automation.py)",
+    ("AutomationContext", "candidate_subset"): "documented in Dagster's custom-condition guide, not annotated",
+    ("AutomationContext", "get_empty_subset"): "documented in Dagster's custom-condition guide, not annotated",
+    ("DagsterInstance", "event_log_storage"): "a pool's limit set by `dagster instance concurrency set` (demo.py)",
+    ("DagsterInstance", "global_op_concurrency_default_limit"): "dagster.yaml's default pool limit (demo.py)",
+    ("DagsterInstance", "report_run_failed"): "marking a run whose worker process died as failed (demo.py)",
+    ("DagsterInstance", "get_records_for_run"): "a running run's step events, for the demo's progress",
+}
+TESTED_DAGSTER = "1.13."
+
+
+def _dagster_uses() -> list[tuple[Path, int, str, str]]:
+    """(file, line, class, attribute) of every attribute read on a Dagster instance or context."""
+    uses = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            base = node.value
+            if (isinstance(base, ast.Name) and re.fullmatch(r"_?\w*(instance|INSTANCE)", base.id)) or (
+                    isinstance(base, ast.Attribute) and base.attr == "instance"):
+                uses.append((path, node.lineno, "DagsterInstance", node.attr))
+            elif isinstance(base, ast.Name) and base.id == "context":
+                uses.append((path, node.lineno, "context", node.attr))
+    return uses
+
+
+def _public(cls, name: str) -> bool:
+    # the one place that asks Dagster which attributes its `@public` marks (exempt above, by name)
+    from dagster._annotations import is_public
+
+    attr = inspect.getattr_static(cls, name, None)
+    if attr is None:
+        return False
+    return is_public(attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr))
+
+
+def test_only_public_instance_and_context_attributes():
+    import dagster as dg
+
+    contexts = [dg.AssetExecutionContext, dg.OpExecutionContext, dg.AutomationContext,
+                dg.SensorEvaluationContext, dg.AssetCheckExecutionContext]
+    bad = []
+    for path, line, kind, name in _dagster_uses():
+        classes = [dg.DagsterInstance] if kind == "DagsterInstance" else contexts
+        if any(_public(c, name) or (c.__name__, name) in NON_PUBLIC for c in classes):
+            continue
+        bad.append(f"{path.relative_to(PKG)}:{line}: {kind}.{name}")
+    assert not bad, "non-public Dagster attributes (use a public API, or add to NON_PUBLIC with why):\n" + \
+        "\n".join(bad)
+
+
+def test_the_non_public_dagster_uses_are_pinned():
+    """Each NON_PUBLIC attribute exists in the installed Dagster, which is of the tested series, and
+    pyproject.toml pins that series: an upgrade fails here first, naming what to check."""
+    import dagster as dg
+
+    assert dg.__version__.startswith(TESTED_DAGSTER), (
+        f"dagster {dg.__version__} is not the tested {TESTED_DAGSTER}x: check every NON_PUBLIC use, then update")
+    assert '"dagster>=1.13,<1.14"' in (PKG.parent / "pyproject.toml").read_text()
+    for (cls, name), why in NON_PUBLIC.items():
+        owner = getattr(dg, cls)
+        present = inspect.getattr_static(owner, name, None) is not None or name in getattr(
+            owner, "__dataclass_fields__", {}) or name in getattr(owner, "__annotations__", {})
+        assert present, f"dagster.{cls}.{name} is gone ({why})"
+    used = {n for _, _, _, n in _dagster_uses()}
+    assert {n for _, n in NON_PUBLIC} <= used, f"NON_PUBLIC lists attributes no longer used: {set(NON_PUBLIC)}"

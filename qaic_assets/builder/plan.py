@@ -19,7 +19,8 @@ from qaic_assets.qaic.commands import (
 )
 from qaic_assets.qaic.flags import file_flags
 from qaic_assets.qaic.sdk import Backend
-from qaic_assets.settings import Settings, batch_key, target_key
+from qaic_assets.keys import BinaryPartition
+from qaic_assets.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class TargetPlan:
 
     @property
     def partition_key(self) -> str:
-        return f"{batch_key(self.batch)}|{target_key(self.scenario, self.nsp)}"
+        return BinaryPartition(self.batch, self.scenario, self.nsp).key
 
     def to_json(self) -> dict:
         return {
@@ -60,9 +61,10 @@ def calibrate_command(config: Settings, backend: Backend, model: str, batch: int
 
 
 def compile_command(
-    config: Settings, backend: Backend, model: str, batch: int, scenario: str, nsp: int,
+    config: Settings, backend: Backend, model: str, partition: BinaryPartition,
     *, quantize: bool | None = None, percentile: float | None = None,
 ) -> Command:
+    batch, scenario, nsp = partition.batch, partition.scenario, partition.nsp
     cfg = config.model(model)
     quantize = cfg.quantize if quantize is None else quantize
     percentile = cfg.percentile if percentile is None else percentile
@@ -73,7 +75,7 @@ def compile_command(
     profile = calibration_dir(config, model, batch) / PROFILE_FILE if quantize else None
     argv = compile_argv(backend, config.recipe_of(model), scenario, nsp, batch, inputs.model, profile,
                         cfg.extra_flags, percentile, values)
-    return Command(argv=argv, cwd=compile_dir(config, model, batch, scenario, nsp), output=binary_output(backend))
+    return Command(argv=argv, cwd=compile_dir(config, model, partition), output=binary_output(backend))
 
 
 def plan_target(
@@ -90,7 +92,7 @@ def plan_target(
         nsp=nsp,
         batch=batch,
         backend=backend.name,
-        compile=compile_command(config, backend, model, batch, scenario, nsp,
+        compile=compile_command(config, backend, model, BinaryPartition(batch, scenario, nsp),
                                 quantize=quantize, percentile=percentile),
         calibrate=calibrate_command(config, calibrate_backend or backend, model, batch) if quantize else None,
         missing=inputs.missing() + [f"-{name} file {value}" for name, value

@@ -1,4 +1,5 @@
-"""The one runner for every compiler call (``qaic-exec``, ``qaic-compile`` or ``qaic-exec-cpu``).
+"""The one runner for every compiler call (``qaic-exec``, ``qaic-compile`` or ``qaic-exec-cpu``) and
+every other SDK executable (``qaic-runner``, ``qaic-qpc validate``, ``qaic-util -q``: :func:`run_tool`).
 
 Why it is built this way (docs/RELIABILITY.md lists the tests):
 
@@ -14,6 +15,8 @@ Why it is built this way (docs/RELIABILITY.md lists the tests):
 * Peak RSS comes from ``os.wait4`` (``ru_maxrss``), corrected for the parent's RSS that Linux folds
   into a child's ``ru_maxrss`` (see rss.py).
 * Known limit: if our own process is SIGKILLed, PR_SET_PDEATHSIG reaches the compiler process only.
+* An SDK tool runs the same way (run_tool); the parsers of qaic/tools.py get its last
+  ``TOOL_OUTPUT_LINES`` lines, so a tool's output costs bounded memory too.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from qaic_assets.builder.output_stream import (
 )
 from qaic_assets.builder.proctree import TOKEN_ENV, Descendants, new_token
 from qaic_assets.builder.rss import PeakRss
+from qaic_assets.qaic.tools import ToolError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,6 +56,12 @@ _DRAIN_S = 2.0
 #: How often the main loop wakes up (exit, deadline, forwarding), and how often /proc is walked.
 _POLL_S = 0.05
 _SCAN_S = 0.25
+#: Timeout of the SDK's query tools (qaic-qpc validate, qaic-util -q: seconds on a healthy host);
+#: qaic-runner gets ``throughput_check.timeout_s``.
+TOOL_TIMEOUT_S = 120.0
+#: A tool's output kept for its parser: its last lines, each cut at output_stream.MAX_LINE_CHARS.
+TOOL_OUTPUT_LINES = 2000
+_TOOL_ERROR_CHARS = 400  # of a failed tool's output, in the ToolError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,6 +396,25 @@ def run_compiler(
         forwarder.flush(f"{cmd_name} finished in {duration:.1f} s, peak RSS {_human_bytes(peak_rss)}, "
                         f"{reader.lines} output lines{where}")
     return result
+
+
+def run_tool(argv: list[str], *, timeout_s: float = TOOL_TIMEOUT_S, log: logging.Logger | None = None,
+             grace_s: float = TERM_GRACE_S) -> str:
+    """Run an SDK tool through run_compiler (timeout, process group, SIGTERM then SIGKILL, bounded
+    output) and return what it printed for the parsers of qaic/tools.py: its last ``TOOL_OUTPUT_LINES``
+    lines, after a ``[... N earlier output lines not kept]`` line when there were more. A tool that
+    failed, timed out or could not be started is a ToolError naming the outcome and the end of its
+    output; the CompilerError (with its RunResult) is the ToolError's ``__cause__``."""
+    try:
+        result = run_compiler(argv, timeout_s=timeout_s, log=log, tail_lines=TOOL_OUTPUT_LINES, grace_s=grace_s)
+    except CompilerError as exc:
+        headline = str(exc).split("\n", 1)[0]
+        output = "\n".join(exc.result.log_tail).strip()
+        raise ToolError(f"{headline} Its output ended: {output[-_TOOL_ERROR_CHARS:] or '(none)'}") from exc
+    kept = list(result.log_tail)
+    if result.output_lines > len(kept):
+        kept.insert(0, f"[... {result.output_lines - len(kept)} earlier output lines not kept]")
+    return "".join(line + "\n" for line in kept)
 
 
 def _end_family(pid: int, family: Descendants) -> None:

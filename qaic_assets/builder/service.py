@@ -18,7 +18,7 @@ import shlex
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,13 +37,15 @@ from qaic_assets.builder.sources import SourceError, SourceModel, ensure_source
 from qaic_assets.builder.reuse import applied_key, find_same_build, input_stats, link_build, stat_key
 from qaic_assets.builder.store import calibration_dir, compile_dir, model_inputs
 from qaic_assets.hashing import sha256_file
-from qaic_assets.qaic.commands import BATCHED_LIST_FILE, PROFILE_FILE, Command
+from qaic_assets.builder.safe_copy import UnsafeSource, check_tree, copy_checked
+from qaic_assets.qaic.commands import BATCHED_LIST_FILE, BINARY_DIR, PROFILE_FILE, Command
 from qaic_assets.qaic.flags import file_flags
 from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_sha256
 from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
 from qaic_assets.qaic.sdk import Backend, SdkError, settings_backend
-from qaic_assets.settings import Settings, batch_key, parse_target_key, target_key
+from qaic_assets.keys import BinaryPartition, batch_key
+from qaic_assets.settings import Settings
 
 _LOG = logging.getLogger("qaic_assets.builder")
 #: Every line the compiler printed, kept beside its output (the event log gets a rate-limited summary).
@@ -53,9 +55,10 @@ COMPILER_LOG = "compiler.log"
 class BuildError(RuntimeError):
     """A build that cannot succeed; ``details`` (argv, log tail, duration) go into the failure's metadata."""
 
-    def __init__(self, message: str, details: dict | None = None):
+    def __init__(self, message: str, details: dict | None = None, *, transient: bool = False):
         super().__init__(message)
         self.details = details or {}
+        self.transient = transient  # may succeed when tried again (another run held the output's lock)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,6 @@ class Built:
     command: Command
     source: SourceModel
     inputs: dict
-    extra: dict = field(default_factory=dict)
     previous: dict | None = None  # the manifest it replaced (compile), for the SDK upgrade report
 
     @property
@@ -230,16 +232,18 @@ def _lock(config: Settings, directory: Path, log: logging.Logger, shared: bool =
     try:
         held.enter_context(output_lock(directory, lock_timeout(config), log=log, shared=shared))
     except OutputLocked as exc:
-        raise BuildError(str(exc)) from exc
+        raise BuildError(str(exc), transient=True) from exc
     with held:
         yield
 
 
 def run_build(config: Settings, compiler: Backend, command: Command, inputs: dict, who: Identity, *,
               force: bool = False, log: logging.Logger = _LOG, prepare: Callable[[Path], dict] | None = None,
-              cleanup: Callable[[Path], None] | None = None,
+              after_run: Callable[[Path], None] | None = None,
               siblings: dict[str, Path] | None = None) -> tuple[dict, bool]:
     """Run `command` in a temporary dir renamed into place, unless the cache already holds its output.
+    `prepare(tmp)` makes the command's inputs there and returns the manifest's `extra`; `after_run(tmp)`,
+    after a successful compiler call, removes what served that run only and may add to `extra`.
     With `siblings` (partition -> output dir; CPU compiles), a sibling built with the same applied
     command is shared instead of compiling again (builder/reuse.py). Returns (manifest, cached)."""
     key = cache_key(command.argv, (compiler.name, compiler.version), inputs)
@@ -267,21 +271,10 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
                     raise BuildError(str(exc)) from exc
                 result = _run(command, tmp, config, log)
             output = _output(tmp, command)
-            if cleanup and not same:
-                cleanup(tmp)
-            manifest = {
-                "kind": who.kind, "model": who.model, "partition": who.partition, "cache_key": key,
-                "argv": command.argv, "cwd": str(command.cwd), "backend": compiler.name,
-                "sdk_version": compiler.version, "toolchain": compiler.describe(), "inputs": inputs,
-                "input_stats": input_stats(inputs),
-                "output": {"path": str(command.cwd / command.output),
-                           "sha256": same[1]["output"]["sha256"] if same else sha256_file(output),
-                           "size_bytes": output.stat().st_size, "stat": stat_key(output)},
-                "run_id": who.run_id, "duration_s": round(result.duration_s, 3),
-                "peak_rss_bytes": result.peak_rss_bytes, "log_tail": result.log_tail[-20:],
-                "log": {"path": str(command.cwd / COMPILER_LOG), "lines": result.output_lines},
-                "worker": f"{socket.gethostname()}:{os.getpid()}", "created_at": time.time(), "extra": extra,
-            }
+            if after_run and not same:
+                after_run(tmp)
+            manifest = _manifest(who, compiler, command, output, inputs, extra, key, result,
+                                 sha256=same[1]["output"]["sha256"] if same else None)
             if shared_key:
                 manifest["applied_key"] = shared_key
             if same:
@@ -290,8 +283,59 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
     return manifest, False
 
 
-def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct", partition: str | None = None,
-              force: bool = False, log: logging.Logger = _LOG) -> Built:
+def register_binary(config: Settings, model: str, partition: BinaryPartition, source_dir: Path, *,
+                    log: logging.Logger = _LOG) -> dict:
+    """Import a prebuilt `-aic-binary-dir` as this partition's binary (the seed's `--register`): checked
+    (builder/safe_copy.py), copied under the same lock, temporary directory and manifest as a build, with
+    no compiler call. Returns the manifest."""
+    compiler = settings_backend(config, require=False)  # registering needs no installed SDK
+    source_dir = source_dir.expanduser().resolve()
+    if not source_dir.is_dir():
+        raise BuildError(f"{source_dir} is not a directory: pass the directory qaic-exec wrote with -aic-binary-dir")
+    try:  # nothing outside the directory, no symlinked binary, no FIFO or device
+        files = check_tree(source_dir, compiler.binary_file)
+    except UnsafeSource as exc:
+        raise BuildError(f"refusing to register {source_dir}: {exc}") from None
+    if not (source_dir / compiler.binary_file).is_file():
+        raise BuildError(f"{source_dir} holds no {compiler.binary_file}: pass the directory qaic-exec wrote "
+                         "with -aic-binary-dir")
+    final = compile_dir(config, model, partition)
+    expected = f"{BINARY_DIR}/{compiler.binary_file}"
+    with storage_errors(config), _lock(config, final, log):  # never interleaved with a compile of it
+        clean_stale_temps(final.parent, final.name)
+        with atomic_output_dir(final, [expected]) as tmp:
+            try:
+                copy_checked(files, tmp / BINARY_DIR)
+            except UnsafeSource as exc:
+                raise BuildError(f"refusing to register {source_dir}: {exc}") from None
+            who = Identity("compiled_binary", model, partition.key, "registered")
+            manifest = _manifest(who, compiler, Command(argv=[], cwd=final, output=expected), tmp / expected,
+                                 inputs={}, extra={}, key=None)
+            manifest |= {"argv": None, "registered_from": str(source_dir)}
+            write_manifest(tmp, manifest)
+    return manifest
+
+
+def _manifest(who: Identity, compiler: Backend, command: Command, output: Path, inputs: dict, extra: dict,
+              key: str | None, result: RunResult | None = None, sha256: str | None = None) -> dict:
+    """What `manifest.json` records of a published output (builder/manifest.py reads it back)."""
+    return {
+        "kind": who.kind, "model": who.model, "partition": who.partition, "cache_key": key,
+        "argv": command.argv, "cwd": str(command.cwd), "backend": compiler.name,
+        "sdk_version": compiler.version, "toolchain": compiler.describe(), "inputs": inputs,
+        "input_stats": input_stats(inputs),
+        "output": {"path": str(command.cwd / command.output), "sha256": sha256 or sha256_file(output),
+                   "size_bytes": output.stat().st_size, "stat": stat_key(output)},
+        "run_id": who.run_id, "duration_s": round(result.duration_s, 3) if result else 0.0,
+        "peak_rss_bytes": result.peak_rss_bytes if result else 0,
+        "log_tail": result.log_tail[-20:] if result else [],
+        "log": {"path": str(command.cwd / COMPILER_LOG), "lines": result.output_lines if result else 0},
+        "worker": f"{socket.gethostname()}:{os.getpid()}", "created_at": time.time(), "extra": extra,
+    }
+
+
+def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str = "direct",
+                      force: bool = False, log: logging.Logger = _LOG) -> Built:
     """Calibrate one batch partition: batch the calibration set, run -dump-profile, keep the profile."""
     cfg = config.model(model)
     compiler = backend(config, calibrate=True)
@@ -321,7 +365,7 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
         extra.update(samples=batched.n_samples, batches=batched.n_batches)
         return extra
 
-    def cleanup(tmp: Path) -> None:  # the batched copies served this run only
+    def after_run(tmp: Path) -> None:  # the batched copies served this run only
         shutil.rmtree(tmp / "raw", ignore_errors=True)
         (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
         if with_harness:  # a profile without the named outputs fails the calibration (nothing replaced)
@@ -332,15 +376,16 @@ def calibrate(config: Settings, model: str, batch: int, *, run_id: str = "direct
                 raise BuildError(str(exc).replace(str(tmp), str(command.cwd))) from exc
             extra["harness"] = {k: params[k] for k in ("naming_set", "image_input", "values", "defines")}
 
-    who = Identity("calibration_profile", model, partition or batch_key(batch), run_id)
+    who = Identity("calibration_profile", model, batch_key(batch), run_id)
     manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,
-                                 prepare=prepare, cleanup=cleanup)
-    return Built(manifest, cached, command, src, inputs, extra={"list_file": list_file, "selection": selection})
+                                 prepare=prepare, after_run=after_run)
+    return Built(manifest, cached, command, src, inputs)
 
 
-def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *, run_id: str = "direct",
-            partition: str | None = None, force: bool = False, log: logging.Logger = _LOG) -> Built:
+def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, run_id: str = "direct",
+                   force: bool = False, log: logging.Logger = _LOG) -> Built:
     """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized)."""
+    batch, scenario, nsp = partition.batch, partition.scenario, partition.nsp
     cfg = config.model(model)
     compiler = backend(config)
     percentile = None
@@ -348,7 +393,7 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
         from qaic_assets.builder.sweep import chosen_percentile, choice_path
 
         percentile, _ = chosen_percentile(config, model, batch)
-    command = compile_command(config, compiler, model, batch, scenario, nsp, percentile=percentile)
+    command = compile_command(config, compiler, model, partition, percentile=percentile)
     src = source(config, model)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
     if files := flag_files(config, model, command):
@@ -356,16 +401,16 @@ def compile(config: Settings, model: str, batch: int, scenario: str, nsp: int, *
     if percentile is not None:  # the value (in the argv too), not the file: a re-run sweep changes its run id
         inputs["percentile_choice"] = {"path": str(choice_path(config, model, batch)), "value": percentile}
     previous = read_manifest(command.cwd)
-    who = Identity("compiled_binary", model, partition or f"{batch_key(batch)}|{target_key(scenario, nsp)}", run_id)
+    who = Identity("compiled_binary", model, partition.key, run_id)
     extra: dict = {}
     siblings = None
     if compiler.name == "cpu":  # identical applied commands share one build (builder/reuse.py)
-        siblings = {f"{batch_key(batch)}|{t}": compile_dir(config, model, batch, *parse_target_key(t))
-                    for t in config.matrix_of(model).targets if t != target_key(scenario, nsp)}
+        siblings = {p.key: compile_dir(config, model, p) for p in config.matrix_of(model).binary_partitions
+                    if p.batch == batch and p != partition}
 
     def build() -> tuple[dict, bool]:
         return run_build(config, compiler, command, inputs, who, force=force, log=log, siblings=siblings,
-                         prepare=lambda tmp: extra, cleanup=lambda tmp: extra.update(profile_use(tmp, command)))
+                         prepare=lambda tmp: extra, after_run=lambda tmp: extra.update(profile_use(tmp, command)))
 
     if not cfg.quantize:
         manifest, cached = build()

@@ -10,7 +10,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from qaic_assets.settings import Settings, batch_key, target_key
+from qaic_assets.keys import BinaryPartition, batch_key
+from qaic_assets.settings import Settings
 
 CHECKS_DIR = "checks"
 
@@ -64,8 +65,8 @@ def calibration_dir(config: Settings, model: str, batch: int) -> Path:
     return model_dir(config, model) / "calibration" / batch_key(batch)
 
 
-def compile_dir(config: Settings, model: str, batch: int, scenario: str, nsp: int) -> Path:
-    return model_dir(config, model) / "compiled" / batch_key(batch) / target_key(scenario, nsp)
+def compile_dir(config: Settings, model: str, partition: BinaryPartition) -> Path:
+    return model_dir(config, model) / "compiled" / partition.batch_key / partition.target_key
 
 
 def model_inputs(config: Settings, model: str) -> ModelInputs:

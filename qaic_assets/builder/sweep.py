@@ -26,7 +26,8 @@ from qaic_assets.builder.store import calibration_dir, model_dir
 from qaic_assets.hashing import atomic_write, sha256_file
 from qaic_assets.qaic.commands import PROFILE_FILE
 from qaic_assets.qaic.sdk import cpu_backend
-from qaic_assets.settings import Settings, batch_key
+from qaic_assets.keys import BinaryPartition, batch_key
+from qaic_assets.settings import Settings
 
 CHOICE_FILE = "percentile_choice.json"
 _LOG = logging.getLogger("qaic_assets.builder")
@@ -79,13 +80,13 @@ def run_sweep(config: Settings, model: str, batch: int, *, run_id: str = "direct
     src = service.source(config, model)
     cpu = cpu_backend()
     matrix = config.matrix_of(model)
-    scenario, nsp = matrix.scenarios[0], matrix.nsp[0]
+    target = BinaryPartition(batch, matrix.scenarios[0], matrix.nsp[0])
     profile_sha = sha256_file(profile)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256},
               "profile": {"path": str(profile), "sha256": profile_sha}}
     table = []
     for value in cfg.percentile_candidates:
-        planned = compile_command(config, cpu, model, batch, scenario, nsp, quantize=True, percentile=value)
+        planned = compile_command(config, cpu, model, target, quantize=True, percentile=value)
         command = dataclasses.replace(planned, cwd=sweep_dir(config, model, batch) / _label(value))
         who = service.Identity("percentile_candidate", model, f"{batch_key(batch)}:{_label(value)}", run_id)
         manifest, cached = service.run_build(config, cpu, command, inputs, who, force=force, log=log)
@@ -102,7 +103,7 @@ def run_sweep(config: Settings, model: str, batch: int, *, run_id: str = "direct
     best = max(scored, key=lambda row: row["score"])  # max keeps the first of equal scores
     choice = {"model": model, "batch": batch, "chosen": best["percentile"], "score": best["score"],
               "metric": best["metric"], "candidates": list(cfg.percentile_candidates), "table": table,
-              "profile": inputs["profile"], "source_sha256": src.sha256, "target": f"{scenario}-nsp{nsp}",
+              "profile": inputs["profile"], "source_sha256": src.sha256, "target": target.target_key,
               "compiler": [cpu.name, cpu.version], "run_id": run_id,
               "path": str(choice_path(config, model, batch))}
     with service.storage_errors(config):

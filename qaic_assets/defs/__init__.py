@@ -36,16 +36,23 @@ def model_assets(project: Settings, model: str, automation_condition=None) -> li
 def build_definitions(config: Settings, resources: dict | None = None) -> dg.Definitions:
     """`resources` replace the defaults built from the settings (`toolchain`, `artifact_store`)."""
     from qaic_assets.defs.automation import build_automation
+    from qaic_assets.defs.beta import our_beta_apis
     from qaic_assets.defs.executor import executor_from_env
     from qaic_assets.defs.jobs import build_jobs, observe_job
-    from qaic_assets.defs.resources import default_resources
+    from qaic_assets.defs.resources import TOOLCHAIN, default_resources, graph_settings
     from qaic_assets.defs.toolchain import sdk_asset
 
+    resources = {**default_resources(config), **(resources or {})}
+    config = graph_settings(config, resources[TOOLCHAIN])  # one toolchain for the graph and the builds
     observe = observe_job()
     automation = build_automation(config, observe)
-    assets = [sdk_asset()]
+    assets = [sdk_asset(config.backend)]
     for model in config.model_names:
         assets += model_assets(config, model, automation_condition=automation.condition)
-    return dg.Definitions(assets=assets, jobs=[observe, *build_jobs(config)], sensors=automation.sensors,
-                          schedules=automation.schedules, executor=executor_from_env(),
-                          resources={**default_resources(config), **(resources or {})})
+    with our_beta_apis():  # the UI's link from an asset to the code that defines it
+        assets = dg.with_source_code_references(assets)
+    defs = dg.Definitions(assets=assets, jobs=[observe, *build_jobs(config)], sensors=automation.sensors,
+                          schedules=automation.schedules, executor=executor_from_env(), resources=resources)
+    with our_beta_apis():  # resolved once here (Dagster caches it), so its own deprecation stays quiet
+        defs.resolve_asset_graph()
+    return defs

@@ -38,13 +38,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from qaic_assets.defs.keys import profile_key
+from qaic_assets.defs.keys import AUTOMATION_TAG, profile_key
 from qaic_assets.defs.toolchain import observed_available
 from qaic_assets.settings import Settings
 
 SENSOR_NAME = "qaic_automation"
 OBSERVE_SCHEDULE_NAME = "observe_qaic_sdk_schedule"
-AUTOMATION_TAG = "qaic/automation"
 CONDITION_LABEL = "recompile_materialized"
 
 
@@ -64,6 +63,7 @@ class CompilerObserved(dg.AutomationCondition):
         return "The latest qaic_sdk observation found the compiler"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        # non-public: AutomationContext has no instance accessor (tests/test_layers.py NON_PUBLIC)
         found = observed_available(context.asset_graph_view.instance)
         subset = context.candidate_subset if found else context.get_empty_subset()
         return dg.AutomationResult(context=context, true_subset=subset)

@@ -7,13 +7,14 @@ from pathlib import Path
 import dagster as dg
 
 from qaic_assets.builder import harness, service
-from qaic_assets.defs.keys import POOL, SDK_KEY, group_name, profile_key, source_key
+from qaic_assets.defs.keys import POOL, SDK_KEY, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
-from qaic_assets.defs.metadata import labels, stored_path
+from qaic_assets.defs.metadata import build_metadata, labels, stored_path
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.defs.toolchain import record_first_observation
-from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
-from qaic_assets.settings import Settings, parse_batch_key
+from qaic_assets.defs.build_step import BuildOptions, as_failure, code_version, asset_attributes
+from qaic_assets.keys import parse_batch_key
+from qaic_assets.settings import Settings
 
 
 def calibration_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
@@ -21,7 +22,7 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
 
     @dg.asset(
         key=profile_key(model),
-        group_name=group_name(model),
+        **asset_attributes(project, model),
         kinds={"yaml"},
         deps=[source_key(model), SDK_KEY],
         partitions_def=batch_partitions(project, model),
@@ -35,17 +36,16 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
                             artifact_store: ArtifactStore) -> dg.MaterializeResult:
         settings = effective_settings(project, toolchain, artifact_store)
         with as_failure():
-            built = service.calibrate(settings, model, parse_batch_key(context.partition_key),
-                                      run_id=context.run.run_id, partition=context.partition_key,
-                                      force=config.force, log=context.log)
+            built = service.calibrate_profile(settings, model, parse_batch_key(context.partition_key),
+                                              run_id=context.run.run_id, force=config.force, log=context.log)
         manifest = built.manifest
         record_first_observation(context, manifest)
         return dg.MaterializeResult(
             metadata=build_metadata(settings, manifest, built.cached) | harness_metadata(manifest) | {
                 "model_sha256": built.source.sha256,
-                "calibration_list": stored_path(settings, built.extra["list_file"]),
+                "calibration_list": stored_path(settings, built.inputs["calibration"]["list"]),
                 **labels(batch=parse_batch_key(context.partition_key)),
-                "calibration_sha256": built.extra["selection"],
+                "calibration_sha256": built.inputs["calibration"]["sha256"],
                 "calibration_samples": manifest["extra"]["samples"],
                 "calibration_batches": manifest["extra"]["batches"],
             },

@@ -9,14 +9,14 @@ import dagster as dg
 
 from qaic_assets.builder import service
 from qaic_assets.defs.beta import our_beta_apis
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, group_name, profile_key, source_key
-from qaic_assets.defs.metadata import labels, lineage_block, stored_path
+from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.defs.metadata import build_metadata, labels, lineage_block, stored_path
 from qaic_assets.defs.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.results import BuildOptions, as_failure, build_metadata, code_version
+from qaic_assets.defs.build_step import BuildOptions, as_failure, code_version, asset_attributes
 from qaic_assets.defs.sdk_checks import run_sdk_checks, sdk_check_specs
 from qaic_assets.defs.toolchain import record_first_observation
-from qaic_assets.settings import Settings, batch_key
+from qaic_assets.settings import Settings
 
 #: what the binary is, by the configured backend (the graph depends on the settings only): the CPU
 #: reference compiler writes ONNX, the SDK a QPC; `auto` may be either, depending on the host
@@ -51,7 +51,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         name=binary_key(model).to_python_identifier(),
         specs=[dg.AssetSpec(
             binary_key(model),
-            group_name=group_name(model),
+            **asset_attributes(project, model),
             kinds=KINDS[project.backend],
             deps=deps,
             code_version=code_version(project, model, cfg.quantize, cfg.percentile,
@@ -70,20 +70,20 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         settings = effective_settings(project, toolchain, artifact_store)
         with as_failure():
             try:
-                batch, scenario, nsp = binary_partition(context.partition_key)
+                target = binary_partition(context.partition_key)
             except ValueError as exc:
                 raise service.BuildError(str(exc)) from exc
-            built = service.compile(settings, model, batch, scenario, nsp, run_id=context.run.run_id,
-                                    partition=str(context.partition_key), force=config.force, log=context.log)
+            built = service.compile_binary(settings, model, target, run_id=context.run.run_id,
+                                           force=config.force, log=context.log)
         manifest = built.manifest
         record_first_observation(context, manifest)
-        partition = str(context.partition_key)
+        batch, nsp, partition = target.batch, target.nsp, target.key
         metadata = build_metadata(settings, manifest, built.cached) | {
             "model_sha256": built.source.sha256, "model": dg.MetadataValue.asset(source_key(model)),
-            **labels(scenario=scenario, nsp=nsp, batch=batch)}
+            **labels(scenario=target.scenario, nsp=nsp, batch=batch)}
         profile_partition = None
         if "profile" in built.inputs:
-            profile_partition = batch_key(batch)
+            profile_partition = target.batch_key
             metadata |= {"profile_sha256": built.inputs["profile"]["sha256"],
                          "profile": dg.MetadataValue.asset(profile_key(model)),
                          "profile_partition": dg.MetadataValue.text(profile_partition),
@@ -113,6 +113,8 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             accuracy = accuracy_check(settings, model, built.command.argv, built.output, batch,
                                       binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256)
             check_results.append(accuracy)
+            # the verdict on the materialization too: one query answers "built, and accurate?" (demo table)
+            metadata[ACCURACY_CHECK_NAME] = dg.MetadataValue.text("passed" if accuracy.passed else "FAILED")
         metadata["lineage"] = lineage_block(settings, model, partition, manifest, run_id=context.run.run_id,
                                             profile_partition=profile_partition, check=accuracy,
                                             same_build_as=built.same_build_as)

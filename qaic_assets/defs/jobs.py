@@ -10,6 +10,7 @@ import dagster as dg
 
 from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.defs.percentile import choice_key
+from qaic_assets.keys import SEPARATOR, BinaryPartition
 from qaic_assets.settings import Settings
 
 OBSERVE_JOB = "observe_qaic_sdk"
@@ -50,8 +51,7 @@ def partition_run_tags(partition: str | None) -> dict[str, str]:
     if not partition:
         return {}
     tags = {"dagster/partition": partition}
-    if "|" in partition:
-        batch, target = partition.split("|")
-        key = dg.MultiPartitionKey({"batch": batch, "target": target})
-        tags |= {f"dagster/partition/{dim}": value for dim, value in key.keys_by_dimension.items()}
+    if SEPARATOR in partition:
+        dimensions = BinaryPartition.parse(partition).dimensions
+        tags |= {f"dagster/partition/{dim}": value for dim, value in dimensions.items()}
     return tags

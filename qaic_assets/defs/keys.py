@@ -1,5 +1,5 @@
-"""Asset keys and names of the public contract (DESIGN.md): `qaic_sdk`, `<model>/source_model`,
-`<model>/calibration_profile`, `<model>/compiled_binary`."""
+"""Asset keys and names of the public contract: `qaic_sdk`, `<model>/source_model`,
+`<model>/calibration_profile`, `<model>/compiled_binary`; the pool and the run tags."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import dagster as dg
 
 SDK_KEY = dg.AssetKey("qaic_sdk")
 POOL = "qaic_compile"
+#: the one prefix of the project's run tags
+TAG_PREFIX = "qaic_assets/"
+AUTOMATION_TAG = TAG_PREFIX + "automation"  # runs the automation requested: "recompile"
+DEMO_TAG = TAG_PREFIX + "demo_run"  # runs of `make demo`: a token per run, to follow it
 ACCURACY_CHECK_NAME = "accuracy_vs_fp32"
 
 

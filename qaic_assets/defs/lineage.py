@@ -8,20 +8,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from qaic_assets.builder import service
 from qaic_assets.defs.keys import binary_key, profile_key, source_key
-from qaic_assets.settings import Settings, batch_key
-from qaic_assets.qaic.commands import BINARY_DIR
-from qaic_assets.builder.store import compile_dir
-from qaic_assets.builder.process import TERM_GRACE_S
-from qaic_assets.builder.outputs import atomic_output_dir, clean_stale_temps, output_lock
-from qaic_assets.builder.safe_copy import UnsafeSource, check_tree, copy_checked
-from qaic_assets.hashing import sha256_file
-from qaic_assets.builder.manifest import write_manifest
-from qaic_assets.qaic.sdk import settings_backend
-
-
-class RegisterError(RuntimeError):
-    """A directory that cannot be registered; the message names it and the fix."""
+from qaic_assets.defs.partitions import multi_partition_key
+from qaic_assets.keys import BinaryPartition
+from qaic_assets.settings import Settings
 
 
 def _records(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None, limit: int = 1):
@@ -56,7 +47,7 @@ def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:
         }
         used_profile = rec.asset_materialization.metadata.get("profile_sha256")
         used_model = rec.asset_materialization.metadata.get("model_sha256")
-        batch = partition.split("|")[0]
+        batch = BinaryPartition.parse(partition).batch_key
         for prof in _records(instance, profile_key(model), batch, limit=50):
             if used_profile is None or _values(prof, "sha256").get("sha256") == used_profile.value:
                 chain["profile"] = {**_values(prof, "path", "sha256", "calibration_list",
@@ -79,50 +70,21 @@ def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:
     return chain
 
 
-def register_binary(config: Settings, instance: dg.DagsterInstance, model: str, batch: int,
-                    scenario: str, nsp: int, source: Path) -> dict:
-    """Copy a prebuilt `-aic-binary-dir` into the store and record it as a materialization."""
-    backend = settings_backend(config, require=False)
-    source = source.expanduser().resolve()
-    if not source.is_dir():
-        raise RegisterError(f"{source} is not a directory: pass the directory qaic-exec wrote with "
-                            "-aic-binary-dir")
-    try:  # nothing outside the directory, no symlinked binary, no FIFO or device (builder/safe_copy.py)
-        files = check_tree(source, backend.binary_file)
-    except UnsafeSource as exc:
-        raise RegisterError(f"refusing to register {source}: {exc}") from None
-    if not (source / backend.binary_file).is_file():
-        raise RegisterError(
-            f"{source} holds no {backend.binary_file}: pass the directory qaic-exec wrote with "
-            "-aic-binary-dir"
-        )
-    final = compile_dir(config, model, batch, scenario, nsp)
-    expected = f"{BINARY_DIR}/{backend.binary_file}"
-    # the same lock as the compile op: a register never interleaves with a compile of this partition
-    with output_lock(final, config.compile_timeout_s + TERM_GRACE_S + 60.0):
-        clean_stale_temps(final.parent, final.name)
-        with atomic_output_dir(final, [expected]) as tmp:
-            try:
-                copy_checked(files, tmp / BINARY_DIR)
-            except UnsafeSource as exc:
-                raise RegisterError(f"refusing to register {source}: {exc}") from None
-            sha = sha256_file(tmp / expected)
-            size = (tmp / expected).stat().st_size
-            info = {"path": str(final / expected), "sha256": sha, "size_bytes": size}
-            write_manifest(tmp, {
-                "kind": "compiled_binary", "model": model, "registered_from": str(source),
-                "backend": backend.name, "sdk_version": backend.version, "argv": None,
-                "output": info, "created_at": time.time(),
-            })
-    partition = f"{batch_key(batch)}|{scenario}-nsp{nsp}"
+def register_binary(config: Settings, instance: dg.DagsterInstance, model: str, partition: BinaryPartition,
+                    source: Path) -> dict:
+    """Copy a prebuilt `-aic-binary-dir` into the store (the build layer: same lock, temporary directory
+    and manifest as a compile) and record it as a materialization of that partition."""
+    manifest = service.register_binary(config, model, partition, source)
+    output = manifest["output"]
     instance.report_runless_asset_event(dg.AssetMaterialization(
         asset_key=binary_key(model),
-        partition=dg.MultiPartitionKey({"batch": batch_key(batch), "target": f"{scenario}-nsp{nsp}"}),
+        partition=multi_partition_key(partition),
         metadata={
-            "path": dg.MetadataValue.path(info["path"]), "sha256": sha, "size_bytes": size,
-            "registered_from": dg.MetadataValue.path(str(source)), "backend": backend.name,
-            "sdk_version": backend.version,
+            "path": dg.MetadataValue.path(output["path"]), "sha256": output["sha256"],
+            "size_bytes": output["size_bytes"],
+            "registered_from": dg.MetadataValue.path(manifest["registered_from"]),
+            "backend": manifest["backend"], "sdk_version": manifest["sdk_version"],
         },
-        tags={"dagster/data_version": sha},
+        tags={"dagster/data_version": output["sha256"]},
     ))
-    return info | {"partition": partition}
+    return output | {"partition": partition.key}

@@ -108,3 +108,32 @@ def lineage_block(config: Settings, model: str, partition: str, manifest: dict, 
         lines.append(f"- accuracy vs fp32: {verdict}, {metric} "
                      f"{score if score is None else f'{score:.4f}'} (threshold {limit})")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
+    """Materialization metadata from the manifest: measurements as numbers (the UI plots them), the
+    argv as a list plus one shell-quoted line, paths relative to `storage_root` (given once)."""
+    output = manifest["output"]
+    return {
+        **command_metadata(manifest["argv"]),
+        "backend": manifest["backend"],
+        "sdk_version": manifest["sdk_version"],
+        **toolchain_metadata(manifest.get("toolchain") or {}),
+        "storage_root": storage_root(config),
+        "path": stored_path(config, output["path"]),
+        "sha256": output["sha256"],
+        "size_bytes": output["size_bytes"],
+        "duration_s": float(manifest["duration_s"]),
+        "peak_rss_mb": round(manifest["peak_rss_bytes"] / 2**20, 1),
+        "log_tail": dg.MetadataValue.md("```\n" + "\n".join(manifest["log_tail"]) + "\n```"),
+        "worker": manifest["worker"],
+        "cached": cached,
+        "built_by_run": manifest["run_id"],
+    }
+
+
+def toolchain_metadata(toolchain: dict) -> dict:
+    """The compiler and the SDK versions a build used (qaic/sdk.py Backend.describe())."""
+    keys = {"compiler": "compiler", "executable": "compiler_executable", "apps_version": "apps_sdk_version",
+            "platform_version": "platform_sdk_version"}
+    return {label: dg.MetadataValue.text(str(toolchain[key])) for key, label in keys.items() if key in toolchain}

@@ -7,7 +7,8 @@ import dagster as dg
 
 from qaic_assets.defs.beta import our_beta_apis
 
-from qaic_assets.settings import Settings, parse_batch_key, parse_target_key
+from qaic_assets.keys import DIMENSIONS, BinaryPartition
+from qaic_assets.settings import Settings
 
 
 def batch_partitions(config: Settings, model: str) -> dg.StaticPartitionsDefinition:
@@ -16,10 +17,8 @@ def batch_partitions(config: Settings, model: str) -> dg.StaticPartitionsDefinit
 
 def binary_partitions(config: Settings, model: str) -> dg.MultiPartitionsDefinition:
     matrix = config.matrix_of(model)
-    return dg.MultiPartitionsDefinition({
-        "batch": dg.StaticPartitionsDefinition(matrix.batch_keys),
-        "target": dg.StaticPartitionsDefinition(matrix.targets),
-    })
+    keys = {"batch": matrix.batch_keys, "target": matrix.targets}
+    return dg.MultiPartitionsDefinition({d: dg.StaticPartitionsDefinition(keys[d]) for d in DIMENSIONS})
 
 
 def profile_mapping() -> dg.PartitionMapping:
@@ -27,11 +26,13 @@ def profile_mapping() -> dg.PartitionMapping:
         return dg.MultiToSingleDimensionPartitionMapping("batch")
 
 
-def binary_partition(key: str | dg.MultiPartitionKey) -> tuple[int, str, int]:
-    """(batch, scenario, nsp) of a binary partition key, also when a run was launched with only the
+def binary_partition(key: str | dg.MultiPartitionKey) -> BinaryPartition:
+    """The typed partition of a binary's key, also when a run was launched with only the
     `dagster/partition` tag (a plain string like `bs8|offline-nsp14`)."""
-    keys = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else dict(
-        zip(("batch", "target"), str(key).split("|")))
-    if set(keys) != {"batch", "target"}:
-        raise ValueError(f"partition {key!r} is not like 'bs8|offline-nsp14'")
-    return (parse_batch_key(keys["batch"]), *parse_target_key(keys["target"]))
+    if isinstance(key, dg.MultiPartitionKey):
+        return BinaryPartition.from_dimensions(key.keys_by_dimension)
+    return BinaryPartition.parse(key)
+
+
+def multi_partition_key(partition: BinaryPartition) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey(partition.dimensions)

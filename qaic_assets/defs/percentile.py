@@ -6,13 +6,14 @@ Lineage: compiled_binary <- percentile_choice <- calibration_profile."""
 import dagster as dg
 
 from qaic_assets.builder import sweep
-from qaic_assets.defs.keys import POOL, group_name, profile_key, source_key
+from qaic_assets.defs.keys import POOL, profile_key, source_key
 from qaic_assets.defs.partitions import batch_partitions
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.results import BuildOptions, as_failure, code_version
+from qaic_assets.defs.build_step import BuildOptions, as_failure, code_version, asset_attributes
 from qaic_assets.hashing import hash_json
 from qaic_assets.qaic.commands import number_text
-from qaic_assets.settings import Settings, parse_batch_key
+from qaic_assets.keys import parse_batch_key
+from qaic_assets.settings import Settings
 
 
 def choice_key(model: str) -> dg.AssetKey:
@@ -24,7 +25,7 @@ def percentile_asset(project: Settings, model: str, op_tags: dict, automation_co
 
     @dg.asset(
         key=choice_key(model),
-        group_name=group_name(model),
+        **asset_attributes(project, model),
         kinds={"json"},
         deps=[profile_key(model), source_key(model)],  # same batch partition as the profile
         partitions_def=batch_partitions(project, model),

@@ -184,11 +184,12 @@ class RunFollower:
 
     def _poll(self) -> None:
         if self._run_id is None:
-            runs = self.instance.get_runs(filters=dg.RunsFilter(tags={self.tag[0]: self.tag[1]}), limit=1)
+            runs = self.instance.get_run_records(filters=dg.RunsFilter(tags={self.tag[0]: self.tag[1]}), limit=1)
             if not runs:
                 return
-            self._run_id = runs[0].run_id
+            self._run_id = runs[0].dagster_run.run_id
         while True:
+            # non-public: no public API reads a running run's step events (tests/test_layers.py NON_PUBLIC)
             conn = self.instance.get_records_for_run(self._run_id, cursor=self._cursor, of_type=_EVENTS, limit=100)
             for record in conn.records:
                 self._handle(record.event_log_entry)

@@ -43,9 +43,23 @@ def default_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             STORE: ArtifactStore(root=str(settings.storage_root))}
 
 
+def graph_settings(settings: Settings, toolchain: Toolchain) -> Settings:
+    """The settings the asset graph is built from: the backend is the toolchain resource's, so the graph
+    (kinds, checks) and the builds read the same choice."""
+    return settings.model_copy(update={"backend": toolchain.backend})
+
+
 def effective_settings(settings: Settings, toolchain: Toolchain, store: ArtifactStore) -> Settings:
-    """The settings a build uses: the project's, with the compiler and the storage root of the resources."""
-    return settings.model_copy(update={"backend": toolchain.backend, "sdk_root": Path(toolchain.sdk_root),
+    """The settings a build uses: the graph's, with the compiler and the storage root of the resources.
+    A toolchain whose backend differs from the graph's (changed in the launchpad) is refused: the graph
+    would show one backend's checks and kinds and the build use another's."""
+    if toolchain.backend != settings.backend:
+        raise dg.Failure(
+            description=f"the toolchain resource says backend {toolchain.backend!r} but the definitions were "
+                        f"loaded with backend {settings.backend!r}: set `backend:` in {settings.source_file} "
+                        "(or bind the resource when the definitions are built), not in the launchpad",
+            allow_retries=False)
+    return settings.model_copy(update={"sdk_root": Path(toolchain.sdk_root),
                                        "compiler": toolchain.compiler,
                                        "calibration_compiler": toolchain.calibration_compiler,
                                        "storage_root": Path(store.root)})

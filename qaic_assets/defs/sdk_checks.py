@@ -17,6 +17,7 @@ import re
 
 import dagster as dg
 
+from qaic_assets.builder.process import run_tool
 from qaic_assets.qaic import tools
 from qaic_assets.qaic.sdk import tool_path
 from qaic_assets.settings import Settings
@@ -54,7 +55,7 @@ def _validate(project: Settings, binary, nsp: int) -> tuple[dict, dg.AssetCheckR
     if tool is None:
         return {}, _skipped(FITS_TARGET, f"{project.sdk_root}/tools/qaic-qpc is not installed (Platform SDK)"), None
     try:
-        report = tools.parse_qpc_validate(tools.run_tool(tools.validate_argv(tool, binary)))
+        report = tools.parse_qpc_validate(run_tool(tools.validate_argv(tool, binary)))
     except tools.ToolError as exc:
         return {}, dg.AssetCheckResult(check_name=FITS_TARGET, passed=False, description=str(exc)), None
     metadata = {_slug(k): v for k, v in report.fields.items() if isinstance(v, (int, float))}
@@ -76,7 +77,7 @@ def _throughput(project: Settings, binary_dir, nsp: int, report) -> tuple[dict, 
         missing = "tools/qaic-util" if util is None else "exec/qaic-runner"
         return {}, _skipped(THROUGHPUT, f"{project.sdk_root}/{missing} is not installed (Platform SDK)")
     try:
-        devices = tools.parse_qaic_util(tools.run_tool([str(util), "-q"]))
+        devices = tools.parse_qaic_util(run_tool([str(util), "-q"]))
     except tools.ToolError as exc:
         return {}, _skipped(THROUGHPUT, f"no card: {exc}")
     device = next((d for d in devices if d.qid == opts.device), None)
@@ -86,7 +87,7 @@ def _throughput(project: Settings, binary_dir, nsp: int, report) -> tuple[dict, 
     activations = opts.activations or max(1, nsp // report.nsp_required if report else 1)
     argv = tools.runner_argv(runner, binary_dir, activations, opts.inferences, opts.device)
     try:
-        stats = tools.parse_runner(tools.run_tool(argv, timeout_s=opts.timeout_s))
+        stats = tools.parse_runner(run_tool(argv, timeout_s=opts.timeout_s))
     except tools.ToolError as exc:
         return {}, dg.AssetCheckResult(check_name=THROUGHPUT, passed=False, description=str(exc),
                                        metadata={"command": dg.MetadataValue.text(" ".join(argv))})

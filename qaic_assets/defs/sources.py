@@ -7,9 +7,9 @@ import socket
 import dagster as dg
 
 from qaic_assets.builder import service
-from qaic_assets.defs.keys import group_name, source_key
+from qaic_assets.defs.keys import source_key
 from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.results import as_failure, code_version
+from qaic_assets.defs.build_step import as_failure, code_version, asset_attributes
 from qaic_assets.settings import Settings
 
 
@@ -18,7 +18,7 @@ def source_asset(project: Settings, model: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=source_key(model),
-        group_name=group_name(model),
+        **asset_attributes(project, model),
         kinds={"onnx"},
         code_version=code_version(project, model, cfg.source.model_dump(mode="json")),
         description=f"The {model} model file, verified and described.",

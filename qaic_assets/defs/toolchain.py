@@ -20,6 +20,7 @@ observed version.)
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,15 @@ from qaic_assets.defs.beta import our_beta_apis
 from qaic_assets.defs.executor import compile_op_tags
 from qaic_assets.defs.keys import SDK_KEY
 from qaic_assets.defs.resources import Toolchain
-from qaic_assets.qaic.sdk import NOT_INSTALLED, SdkError, choose_compiler, cpu_backend, platform_version, sdk_version
+from qaic_assets.qaic.sdk import (
+    NOT_INSTALLED,
+    SdkError,
+    backend_name,
+    choose_compiler,
+    cpu_backend,
+    platform_version,
+    sdk_version,
+)
 
 SDK_FOUND = "found"
 SDK_NOT_FOUND = "SDK not found"
@@ -57,19 +66,36 @@ def last_observation(instance: dg.DagsterInstance | None) -> dg.AssetObservation
     return records[0].asset_observation if records else None
 
 
+def latest_data_version(instance: dg.DagsterInstance | None) -> str | None:
+    """The data version (compiler version) of the newest `qaic_sdk` observation that has one."""
+    if instance is None:
+        return None
+    for record in instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SDK_KEY), limit=20).records:
+        version = (record.asset_observation.tags or {}).get(DATA_VERSION_TAG)
+        if version is not None:
+            return version
+    return None
+
+
 def observed_available(instance: dg.DagsterInstance) -> bool:
     """What the automation asks: did the latest observation (on a compile host) find the compiler?"""
     last = last_observation(instance)
     return last is not None and getattr(last.metadata.get("status"), "value", None) == SDK_FOUND
 
 
+def _sdk_seen(instance: dg.DagsterInstance | None) -> bool:
+    """Did the latest `qaic_sdk` observation see the SDK backend?"""
+    last = last_observation(instance)
+    return last is not None and getattr(last.metadata.get("backend"), "value", None) == "qaic"
+
+
 def compiler_status(toolchain: Toolchain, instance: dg.DagsterInstance | None = None) -> CompilerStatus:
     """The compiler that materializations on this host would use now; `auto`: the SDK once it was seen.
     An SDK root that exists is the SDK's, compiler or not (never a silent switch to the CPU compiler)."""
-    if toolchain.backend == "cpu":
+    root = Path(toolchain.sdk_root)
+    if backend_name(toolchain.backend, root, sdk_seen=toolchain.backend == "auto" and _sdk_seen(instance)) == "cpu":
         cpu = cpu_backend()
         return CompilerStatus("cpu", True, cpu.version, cpu.executable)
-    root = Path(toolchain.sdk_root)
     try:
         exe = str(choose_compiler(root, toolchain.compiler))
     except SdkError as exc:
@@ -79,12 +105,6 @@ def compiler_status(toolchain: Toolchain, instance: dg.DagsterInstance | None = 
             return CompilerStatus("qaic", True, sdk_version(root), exe, platform_version=platform_version(root))
         except SdkError as exc:
             return CompilerStatus("qaic", False, None, exe, SDK_UNUSABLE, str(exc))
-    if toolchain.backend == "auto" and not root.exists():
-        last = last_observation(instance)
-        seen = last is not None and getattr(last.metadata.get("backend"), "value", None) == "qaic"
-        if not seen:
-            cpu = cpu_backend()
-            return CompilerStatus("cpu", True, cpu.version, cpu.executable)
     exe = str(root / "exec" / ("qaic-exec" if toolchain.compiler == "auto" else toolchain.compiler))
     return CompilerStatus("qaic", False, None, exe, SDK_NOT_FOUND, str(missing))
 
@@ -109,9 +129,7 @@ def observe_compiler(toolchain: Toolchain, instance: dg.DagsterInstance | None) 
         f"{status.detail}; nothing is recompiled until the SDK is back (sdk_root={toolchain.sdk_root})")
     # An observation without a data version would count as a *change* of data version (Dagster
     # compares the latest against the previous one) and trigger recompiles: repeat the last one.
-    last = instance.get_latest_data_version_record(SDK_KEY, is_source=True) if instance else None
-    tags = last.event_log_entry.tags if last and last.event_log_entry.tags else {}
-    previous = tags.get(DATA_VERSION_TAG)
+    previous = latest_data_version(instance)
     if previous is None:
         return dg.ObserveResult(metadata=metadata)
     metadata["version"] = dg.MetadataValue.text(f"{previous} (last seen)")
@@ -137,21 +155,24 @@ def record_first_observation(context: dg.AssetExecutionContext, manifest: dict) 
     ))
 
 
-def sdk_asset() -> dg.SourceAsset:
+def sdk_asset(backend: str) -> dg.SourceAsset:
     with our_beta_apis():
-        return _sdk_asset()
+        return _sdk_asset(backend)
 
 
-def _sdk_asset() -> dg.SourceAsset:
-    @dg.observable_source_asset(
+def _sdk_asset(backend: str) -> dg.SourceAsset:
+    def qaic_sdk(context, toolchain: Toolchain) -> dg.ObserveResult:
+        return observe_compiler(toolchain, context.instance)
+
+    # dg.with_source_code_references skips source assets: the same link, given by hand
+    code = dg.LocalFileCodeReference(file_path=__file__, line_number=inspect.getsourcelines(qaic_sdk)[1])
+    return dg.observable_source_asset(
         key=SDK_KEY,
+        tags={"backend": backend},
+        metadata={"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[code])},
         op_tags=compile_op_tags(),  # read the SDK version where compiles run
         group_name="toolchain",
         description="The compiler in use: the Cloud AI 100 Apps SDK's qaic-compile or qaic-exec (metadata: "
         "Apps and Platform SDK versions), or the CPU reference compiler when there is no SDK root. Its data "
         "version is the compiler (Apps SDK) version.",
-    )
-    def qaic_sdk(context, toolchain: Toolchain) -> dg.ObserveResult:
-        return observe_compiler(toolchain, context.instance)
-
-    return qaic_sdk
+    )(qaic_sdk)

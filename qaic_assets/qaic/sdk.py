@@ -175,9 +175,14 @@ def qaic_backend(sdk_root: Path, *, require: bool = True, compiler: str = "auto"
     return Backend("qaic", str(exe), sdk_version(root), "programqpc.bin", exe.name, platform_version(root), str(root))
 
 
-def backend_name(choice: str, sdk_root: Path) -> str:
-    """`auto`: the SDK when its root exists, else the CPU reference compiler. Reads no version file."""
-    return "cpu" if choice == "cpu" or (choice == "auto" and not Path(sdk_root).exists()) else "qaic"
+def backend_name(choice: str, sdk_root: Path, *, sdk_seen: bool = False) -> str:
+    """The one place `backend: auto` is decided: the SDK when its root exists, else the CPU reference
+    compiler, except once the SDK has been seen (`sdk_seen`, from the `qaic_sdk` observations): then a
+    missing root is a missing SDK, not a reason to rebuild everything with the CPU compiler. Reads no
+    version file."""
+    if choice == "cpu":
+        return "cpu"
+    return "cpu" if choice == "auto" and not sdk_seen and not Path(sdk_root).exists() else "qaic"
 
 
 def select_backend(choice: str, sdk_root: Path, *, require: bool = True, compiler: str = "auto") -> Backend:

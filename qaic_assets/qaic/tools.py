@@ -8,13 +8,14 @@
   ends with ``InferenceCnt N TotalDuration Dus BatchSize B Inf/Sec F``.
 
 Parsers take the text and never raise on unexpected lines (the SDK's wording changes between
-releases); what they need and cannot find is an error naming the line they looked for.
+releases); what they need and cannot find is an error naming the line they looked for. This module
+builds the argv lists and reads the output; the tools run through the compiler's supervised runner
+(``builder/process.run_tool``: timeout, process group, bounded output), which raises ToolError too.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,6 @@ _NUMBER = re.compile(r"[-+]?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _QID = re.compile(r"^\s*QID\s+([0-9]+)\s*$")
 _STATS = re.compile(r"InferenceCnt\s+([0-9]+)\s+TotalDuration\s+([0-9]+)us\s+BatchSize\s+([0-9]+)\s+"
                     r"Inf/Sec\s+([0-9.]+)")
-TOOL_TIMEOUT_S = 120.0
 
 
 class ToolError(RuntimeError):
@@ -118,18 +118,3 @@ def validate_argv(qpc_tool: Path, binary: Path) -> list[str]:
 def runner_argv(runner: Path, binary_dir: Path, activations: int, inferences: int, device: int) -> list[str]:
     return [str(runner), "-t", str(binary_dir), "-a", str(activations), "-n", str(inferences), "-d", str(device)]
 
-
-def run_tool(argv: list[str], timeout_s: float = TOOL_TIMEOUT_S) -> str:
-    """Run a tool (argv list, no shell) and return stdout+stderr; a failure is a ToolError with its tail."""
-    name = Path(argv[0]).name
-    try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s,
-                              check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"{name} did not finish within {timeout_s:g} s: {' '.join(argv)}") from None
-    except OSError as exc:
-        raise ToolError(f"cannot run {argv[0]}: {exc.strerror}") from None
-    text = done.stdout.decode("utf-8", "replace")
-    if done.returncode != 0:
-        raise ToolError(f"{name} exited with code {done.returncode}: {text.strip()[-400:]}")
-    return text

@@ -8,6 +8,7 @@ import pytest
 
 from fake_sdk import read_calls, write_tiny_files
 from qaic_assets.builder import service
+from qaic_assets.keys import BinaryPartition
 from qaic_assets.settings import load_settings
 
 CONFIG = """
@@ -41,13 +42,13 @@ def project(tmp_path, recipe="resnet50", extra=None):
 
 
 def compile_once(config):
-    return service.compile(config, "tiny", 1, "offline", 14)
+    return service.compile_binary(config, "tiny", BinaryPartition(1, "offline", 14))
 
 
 def test_extra_flag_files_are_resolved_and_keyed(tmp_path):
     root, config = project(tmp_path)
     assert all(f"{flag}={root / rel}" in config.model("tiny").extra_flags for flag, rel in FLAG_FILES.items())
-    service.calibrate(config, "tiny", 1)
+    service.calibrate_profile(config, "tiny", 1)
     first = compile_once(config)
     assert not first.cached
     assert {k: v["path"] for k, v in first.manifest["inputs"]["files"].items()} == {
@@ -67,7 +68,7 @@ def test_extra_flag_files_are_resolved_and_keyed(tmp_path):
 
 def test_a_missing_flag_file_fails_before_anything_is_written(tmp_path):
     root, config = project(tmp_path)
-    service.calibrate(config, "tiny", 1)
+    service.calibrate_profile(config, "tiny", 1)
     built = compile_once(config)
     before = built.output.read_bytes()
     (root / "inputs" / "mdp.json").unlink()
@@ -82,13 +83,13 @@ def test_a_missing_flag_file_fails_before_anything_is_written(tmp_path):
 def test_the_node_precision_file_of_a_recipe_is_keyed_for_calibration_and_compile(tmp_path):
     root, config = project(tmp_path, recipe="retinanet", extra="    node_precision: inputs/np.yaml\n"
                            "    harness: {naming_sets: [{loc: ['input_0:0'], conf: ['output:0']}]}\n")  # fake SDK's names
-    calibrated = service.calibrate(config, "tiny", 1)
+    calibrated = service.calibrate_profile(config, "tiny", 1)
     compiled = compile_once(config)
     assert calibrated.manifest["inputs"]["files"]["-node-precision-info"]["path"] == str(root / "inputs/np.yaml")
     assert compiled.manifest["inputs"]["files"]["-node-precision-info"]["path"] == str(root / "inputs/np.yaml")
-    assert service.calibrate(config, "tiny", 1).cached and compile_once(config).cached
+    assert service.calibrate_profile(config, "tiny", 1).cached and compile_once(config).cached
     (root / "inputs" / "np.yaml").write_text("FP16NodeInstanceNames: [ArgMax]\n")
-    assert not service.calibrate(config, "tiny", 1).cached
+    assert not service.calibrate_profile(config, "tiny", 1).cached
     assert not compile_once(config).cached
     (root / "inputs" / "np.yaml").unlink()
     with pytest.raises(service.BuildError, match="fix models.tiny.node_precision in"):
@@ -99,7 +100,7 @@ def test_the_node_precision_file_of_a_recipe_is_keyed_for_calibration_and_compil
 def test_percentiles_reach_the_compiler_verbatim(tmp_path, written):
     """From `percentile:` and from extra_flags alike, the compiler gets the value as written (no `:g`)."""
     root, config = project(tmp_path, extra=f"    percentile: {written}\n")
-    service.calibrate(config, "tiny", 1)
+    service.calibrate_profile(config, "tiny", 1)
     compile_once(config)
     args = read_calls(root / "sdk")[-1]["args"]
     assert args[-2:] == ["-quantization-calibration=Percentile", f"-percentile-calibration-value={written}"]

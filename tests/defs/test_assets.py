@@ -170,9 +170,13 @@ def test_failed_compile_keeps_the_previous_binary(project, monkeypatch, fault, e
     if fault == "timeout":
         config = config.model_copy(update={"compile_timeout_s": 1.0})
         defs = build_definitions(config)
+    calls = len(read_calls(sdk))
     result = materialize(defs, instance, [binary_key("tiny")], "bs2|offline-nsp14", raise_on_error=False,
                          force=True)
     assert not result.success
+    # the compiler's own failure is not retried (the retry policy is for transient failures)
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len([c for c in read_calls(sdk)[calls:] if c.get("event") != "start"]) <= 1
     failure = [e for e in result.all_events if e.is_step_failure][0].step_failure_data
     assert needle in failure.error.message
     if fault != "no output":

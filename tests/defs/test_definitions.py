@@ -8,7 +8,7 @@ import pytest
 
 from fake_sdk import make_fake_sdk
 from qaic_assets.defs import build_definitions
-from qaic_assets.defs.jobs import matrix_jobs
+from qaic_assets.defs.jobs import SOURCES_JOB, matrix_jobs
 from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
 from qaic_assets.defs.metadata import resolve
 from qaic_assets.defs.resources import ArtifactStore, Toolchain
@@ -113,7 +113,8 @@ def test_accuracy_check_declared_everywhere_evaluated_for_cpu_builds_only(tiny_p
         "toolchain": Toolchain(backend=backend, sdk_root=str(project.sdk))})
     project._defs = defs
     checks = [spec.name for a in defs.assets if isinstance(a, dg.AssetsDefinition) for spec in a.check_specs]
-    assert checks == [ACCURACY_CHECK_NAME, FITS_TARGET]  # the config's backend is `qaic`: the SDK checks too
+    # the graph follows the toolchain the builds use: the SDK's tool checks only for the SDK backend
+    assert checks == [ACCURACY_CHECK_NAME, FITS_TARGET] if backend == "qaic" else [ACCURACY_CHECK_NAME]
     project.observe_sdk()
     project.materialize(source_key("tiny"))
     project.materialize(profile_key("tiny"), "bs1")
@@ -131,3 +132,51 @@ def test_accuracy_check_declared_everywhere_evaluated_for_cpu_builds_only(tiny_p
 def latest_backend(project) -> str:
     record = project.instance.fetch_materializations(binary_key("tiny"), limit=1).records[0]
     return record.asset_materialization.metadata["backend"].value
+
+
+def test_a_backend_changed_in_the_launchpad_is_refused_naming_the_config(tiny_project):
+    """The graph (kinds, checks) and the build read one toolchain: a run whose resource config asks for
+    another backend than the definitions were built with fails with the fix, and builds nothing."""
+    project = tiny_project
+    project.observe_sdk()
+    key = source_key("tiny")
+    job = project.defs.resolve_job_def(SOURCES_JOB)
+    result = job.execute_in_process(instance=project.instance, raise_on_error=False,
+                                    run_config={"resources": {"toolchain": {"config": {"backend": "cpu"}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "toolchain resource says backend 'cpu'" in failure.message
+    assert f"set `backend:` in {project.config.source_file}" in failure.message
+    assert not project.instance.fetch_materializations(key, limit=1).records
+
+
+def test_assets_carry_owners_tags_and_code_references():
+    """What the UI shows beside each asset: owners (the config's, a model may override), tags naming
+    the model, recipe and backend, and a link to the code that defines it."""
+    settings = load_settings(DEFAULT_CONFIG)
+    defs = build_definitions(settings)
+    specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
+    digits = specs["digits/compiled_binary"]
+    assert digits.owners == ["team:ml-inference"]
+    assert {k: v for k, v in digits.tags.items() if not k.startswith("dagster/")} == {
+        "model": "digits", "recipe": "resnet50", "backend": "auto"}
+    assert specs["bert-99/calibration_profile"].tags["recipe"] == "bert-99"
+    for key in ("digits/compiled_binary", "digits/calibration_profile", "digits/source_model", "qaic_sdk"):
+        refs = specs[key].metadata["dagster/code_references"].code_references
+        assert refs and all(r.file_path.endswith(".py") and "/qaic_assets/defs/" in r.file_path for r in refs), key
+    mine = settings.model_copy(update={"models": {**settings.models, "digits": settings.model("digits").model_copy(
+        update={"owners": ["someone@example.com"]})}})
+    assert {s.key.to_user_string(): s for s in build_definitions(mine).resolve_all_asset_specs()}[
+        "digits/compiled_binary"].owners == ["someone@example.com"]
+
+
+def test_only_transient_build_failures_may_be_retried():
+    from qaic_assets.builder.service import BuildError
+    from qaic_assets.defs.build_step import as_failure
+
+    with pytest.raises(dg.Failure) as failed, as_failure():
+        raise BuildError("qaic-exec failed: exit code 3")
+    assert failed.value.allow_retries is False
+    with pytest.raises(dg.RetryRequested) as retried, as_failure():
+        raise BuildError("the output is locked by run X", transient=True)
+    assert retried.value.max_retries == 2 and isinstance(retried.value.__cause__, BuildError)

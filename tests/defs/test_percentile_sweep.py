@@ -14,6 +14,7 @@ import pytest
 
 from qaic_assets.builder import accuracy
 from qaic_assets.builder.plan import SWEEP_PLACEHOLDER, compile_command
+from qaic_assets.keys import BinaryPartition
 from qaic_assets.defs.keys import binary_key, profile_key
 from qaic_assets.defs.lineage import lineage
 from qaic_assets.defs.percentile import choice_key
@@ -57,7 +58,7 @@ def test_sweep_picks_the_most_accurate_value_and_the_binary_uses_it(tiny_project
     assert choice_key("digits") in graph.get(binary_key("digits")).parent_keys          # binary <- choice
     assert profile_key("digits") in graph.get(choice_key("digits")).parent_keys         # choice <- profile
     assert not graph.has(choice_key("tiny"))                                             # opt-in per model
-    plan = compile_command(tiny_project.config, cpu_backend(), "digits", 8, "offline", 14)
+    plan = compile_command(tiny_project.config, cpu_backend(), "digits", BinaryPartition(8, "offline", 14))
     assert f"-percentile-calibration-value={SWEEP_PLACEHOLDER.format(model='digits', batch=8)}" in plan.argv
 
     _run(tiny_project, profile_key("digits"), "bs8")

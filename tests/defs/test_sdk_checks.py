@@ -4,7 +4,10 @@ from qaic-runner on a card, and the reason when a tool or the card is missing.""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import time
 
 import dagster as dg
 import pytest
@@ -103,3 +106,68 @@ def test_without_a_card_the_runner_check_is_skipped_with_the_reason(tiny_project
 def test_the_cpu_backend_has_no_sdk_checks(tiny_project):
     specs = tiny_project.defs.resolve_assets_def(binary_key("tiny")).check_specs
     assert not {s.name for s in specs} & {FITS_TARGET, THROUGHPUT}
+
+
+HANGING_RUNNER = """#!{python}
+import os, subprocess, sys, time
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open({pidfile!r}, "w") as f:
+    f.write(f"{{os.getpid()}} {{os.getpgrp()}} {{helper.pid}}")
+print("Using bounded random inputs", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+VERBOSE_QPC = """#!{python}
+import os, sys
+out = sys.stdout
+for i in range(30000):
+    out.write(f"checking section {{i}}\\n")
+out.write("y" * (4 * 1024 * 1024) + "\\n")
+out.flush()
+os.execv({real!r}, ["qaic-qpc", *sys.argv[1:]])
+"""
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except OSError:
+            continue
+        if int(group) == pgid and state not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.project(extra="throughput_check: {enabled: true, inferences: 200, timeout_s: 2}\n")
+def test_sdk_tools_run_supervised_a_hanging_runner_is_stopped_and_verbose_output_is_capped(tiny_project, tmp_path):
+    """qaic-runner hangs: stopped at throughput_check.timeout_s with its process group (SIGTERM), the
+    check fails saying so; qaic-qpc prints 30,000 lines and a 4 MiB line before its report: fits_target
+    still reads it, and the description stays short."""
+    new_sdk(tiny_project)
+    python, pidfile = sys.executable, tmp_path / "runner.pids"
+    runner = tiny_project.sdk / "exec" / "qaic-runner"
+    runner.write_text(HANGING_RUNNER.format(python=python, pidfile=str(pidfile)))
+    qpc = tiny_project.sdk / "tools" / "qaic-qpc"
+    real = tiny_project.sdk / "real" / "qaic-qpc"  # the stand-in finds the SDK root and its name from its path
+    real.parent.mkdir()
+    qpc.rename(real)
+    qpc.write_text(VERBOSE_QPC.format(python=python, real=str(real)))
+    qpc.chmod(0o755)
+    _, meta, checks = build(tiny_project)
+    assert checks[FITS_TARGET].passed and meta["qpc_nsp_required"] == 4
+    throughput = checks[THROUGHPUT]
+    assert not throughput.passed and throughput.severity == dg.AssetCheckSeverity.ERROR
+    assert throughput.description.startswith("qaic-runner timed out after 2 s and was stopped (SIGTERM")
+    assert "killed by signal SIGTERM" in throughput.description and len(throughput.description) < 800
+    pid, pgid, helper = map(int, pidfile.read_text().split())
+    assert pgid == pid
+    end = time.monotonic() + 5
+    while _live_group_members(pgid) and time.monotonic() < end:  # SIGKILLs land asynchronously
+        time.sleep(0.02)
+    assert not _live_group_members(pgid), "the runner's process group outlived its timeout"
+    assert "inferences_per_s" not in meta

@@ -1,6 +1,7 @@
 """The stand-in SDK beyond its compiler's basics: the documented flags, files named by flags, the
 -vvv volume, and the Platform SDK tools (qaic-qpc validate, qaic-util -q, qaic-runner), whose output
-the project's parsers (qaic/tools.py) must read."""
+the project's parsers (qaic/tools.py) must read, run as the project runs them (builder/process.run_tool:
+the compiler's supervised runner)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works under any pytest import mode
 from fake_sdk import make_fake_sdk, read_calls  # noqa: E402
 
+from qaic_assets.builder.process import run_tool  # noqa: E402
 from qaic_assets.qaic import tools  # noqa: E402
 
 
@@ -77,18 +79,18 @@ def test_vvv_is_as_talkative_as_the_real_compiler(sdk, tmp_path):
 def test_qpc_validate_util_and_runner_print_what_the_parsers_read(sdk, tmp_path):
     assert compile_in(sdk, tmp_path, "-aic-num-cores=4", "-batchsize=8").returncode == 0
     binary = tmp_path / "elfs" / "programqpc.bin"
-    report = tools.parse_qpc_validate(tools.run_tool(tools.validate_argv(sdk / "tools" / "qaic-qpc", binary)))
+    report = tools.parse_qpc_validate(run_tool(tools.validate_argv(sdk / "tools" / "qaic-qpc", binary)))
     assert report.nsp_required == 4 and report.fields["Batch size"] == 8
-    devices = tools.parse_qaic_util(tools.run_tool([str(sdk / "tools" / "qaic-util"), "-q"]))
+    devices = tools.parse_qaic_util(run_tool([str(sdk / "tools" / "qaic-util"), "-q"]))
     assert [(d.qid, d.ready, d.nsp_free) for d in devices] == [(0, True, 16)]
-    out = tools.run_tool(tools.runner_argv(sdk / "exec" / "qaic-runner", binary.parent, 3, 500, 0))
+    out = run_tool(tools.runner_argv(sdk / "exec" / "qaic-runner", binary.parent, 3, 500, 0))
     stats = tools.parse_runner(out)
     assert stats.inferences == 500 and stats.batch_size == 8 and stats.inferences_per_s > 0
     assert [c["tool"] for c in read_calls(sdk) if "tool" in c] == ["qaic-qpc", "qaic-util", "qaic-runner"]
     with pytest.raises(tools.ToolError, match="cannot activate 5 x 4 NSPs"):  # 20 > 16 free
-        tools.run_tool(tools.runner_argv(sdk / "exec" / "qaic-runner", binary.parent, 5, 10, 0))
+        run_tool(tools.runner_argv(sdk / "exec" / "qaic-runner", binary.parent, 5, 10, 0))
     with pytest.raises(tools.ToolError, match="not a valid QPC"):
-        tools.run_tool(tools.validate_argv(sdk / "tools" / "qaic-qpc", tmp_path / "m.onnx"))
+        run_tool(tools.validate_argv(sdk / "tools" / "qaic-qpc", tmp_path / "m.onnx"))
 
 
 def test_parsers_read_the_published_outputs():

@@ -1,5 +1,6 @@
-"""Compile and calibrate commands against the seed's table, written out by hand from
-../shared/seed/compile-model-for.qaic.md and calibrate-model-for.qaic (not read from recipes.yaml)."""
+"""Compile and calibrate commands against the seed's table, written out by hand from the README of
+MLCommons CM's compile-model-for.qaic and calibrate-model-for.qaic scripts (mlcommons/ck,
+cm-mlops/script/; not read from recipes.yaml)."""
 
 import json
 import subprocess

@@ -450,7 +450,8 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
 
     from qaic_assets.defs import executor as deploy
     from qaic_assets.defs.keys import binary_key, profile_key
-    from qaic_assets.settings import load_settings, parse_batch_key, parse_target_key
+    from qaic_assets.keys import BinaryPartition
+    from qaic_assets.settings import load_settings
     from qaic_assets.builder.store import compile_dir
     from qaic_assets.builder.manifest import MANIFEST_NAME
     from qaic_assets.hashing import sha256_file
@@ -459,8 +460,7 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     config = load_settings()
 
     def out_dir(model, partition):
-        batch, target = partition.split("|")
-        return compile_dir(config, model, parse_batch_key(batch), *parse_target_key(target))
+        return compile_dir(config, model, BinaryPartition.parse(partition))
 
     matrix = config.matrix_of(MODELS[0])
     binaries = [f"{b}|{t}" for b in matrix.batch_keys for t in matrix.targets]
@@ -758,7 +758,7 @@ def test_sdk_upgrade_recompiles_the_built_partitions_through_the_workers(split_h
     import dagster as dg
 
     from fake_sdk import read_calls, set_fake_sdk_version
-    from qaic_assets.defs.automation import AUTOMATION_TAG
+    from qaic_assets.defs.keys import AUTOMATION_TAG
     from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key
 
     instance, env, webserver = split_hosts["instance"], split_hosts["env"], split_hosts["webserver"]

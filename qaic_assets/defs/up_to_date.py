@@ -20,9 +20,11 @@ from qaic_assets.builder.reuse import fresh_build, stat_key
 from qaic_assets.builder.plan import calibrate_command, compile_command
 from qaic_assets.builder.store import calibration_dir, model_inputs
 from qaic_assets.qaic.commands import PROFILE_FILE
+from qaic_assets.defs.toolchain import latest_data_version
 from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.qaic.sdk import Backend
-from qaic_assets.settings import Settings, parse_batch_key, parse_target_key
+from qaic_assets.keys import BinaryPartition, parse_batch_key
+from qaic_assets.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | Non
     return (value.value if value is not None else None), (materialization.tags or {}).get("dagster/code_version")
 
 
-class Freshness:
+class UpToDate:
     """Answers `up_to_date(step)` for one demo; remembers what it learnt (the compiler, the manifests)."""
 
     def __init__(self, config: Settings, instance: dg.DagsterInstance, code_versions: dict | None = None):
@@ -84,9 +86,7 @@ class Freshness:
         return self.compiler.name, self.compiler.version
 
     def _sdk(self) -> bool:
-        record = self.instance.get_latest_data_version_record(SDK_KEY, is_source=True)
-        tags = record.event_log_entry.tags if record and record.event_log_entry.tags else {}
-        return tags.get("dagster/data_version") == self.compiler.version
+        return latest_data_version(self.instance) == self.compiler.version
 
     def _source(self, model: str) -> bool:
         """The file is the one the builds recorded (path, stat key) and the instance has its sha256."""
@@ -120,13 +120,11 @@ class Freshness:
             self._recorded(profile_key(model), partition) == manifest["output"]["sha256"]
 
     def _binary(self, model: str, partition: str) -> bool:
-        batch_part, target = partition.split("|")
-        batch = parse_batch_key(batch_part)
-        scenario, nsp = parse_target_key(target)
-        command = compile_command(self.config, self.compiler, model, batch, scenario, nsp)
+        target = BinaryPartition.parse(partition)
+        command = compile_command(self.config, self.compiler, model, target)
         paths = {"model": model_inputs(self.config, model).model}
         if self.config.model(model).quantize:
-            paths["profile"] = calibration_dir(self.config, model, batch) / PROFILE_FILE
+            paths["profile"] = calibration_dir(self.config, model, target.batch) / PROFILE_FILE
         manifest = fresh_build(command.cwd, command.output, command.argv, self._compiler_id(), paths)
         return manifest is not None and self._source(model) and \
             self._recorded(binary_key(model), partition) == manifest["output"]["sha256"]

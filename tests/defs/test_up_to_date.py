@@ -1,4 +1,4 @@
-"""Up to date before launching a run (defs/freshness.py): decided from the manifests' stat keys and
+"""Up to date before launching a run (defs/up_to_date.py): decided from the manifests' stat keys and
 the instance's records, so a changed input, output, record or code version is never called fresh."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import dagster as dg
 
-from qaic_assets.defs.freshness import Freshness, Step
+from qaic_assets.defs.up_to_date import UpToDate, Step
 from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
 
 
@@ -25,12 +25,12 @@ def test_fresh_only_while_files_records_and_code_agree(tiny_project):
              "binary": Step(binary_key("tiny"), "tiny", "bs1|offline-nsp14")}
 
     def fresh(**kw) -> dict[str, bool]:
-        f = Freshness(config, instance, {**versions, **kw.get("versions", {})})
+        f = UpToDate(config, instance, {**versions, **kw.get("versions", {})})
         return {name: f.up_to_date(step) for name, step in steps.items()}
 
     assert fresh() == {"sdk": True, "source": True, "profile": True, "binary": True}
     # never built, or built for another partition: not fresh
-    assert not Freshness(config, instance, versions).up_to_date(Step(binary_key("tiny"), "tiny", "bs2|offline-nsp14"))
+    assert not UpToDate(config, instance, versions).up_to_date(Step(binary_key("tiny"), "tiny", "bs2|offline-nsp14"))
     # a new code version of the binary asset (e.g. a recipe change): that asset is not fresh
     assert fresh(versions={binary_key("tiny"): "other"})["binary"] is False
     # the output rewritten (new mtime): not fresh, whatever the instance says

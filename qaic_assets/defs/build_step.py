@@ -1,0 +1,66 @@
+"""What every build step (calibrate, compile, percentile sweep, source) shares on the Dagster side:
+its run config (`force`), its code version, and its failures.
+
+The build service (qaic_assets/builder/service.py) does the work and raises BuildError; `as_failure`
+turns that into a `dg.Failure` carrying the command and the log tail. Metadata: defs/metadata.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import dagster as dg
+
+from qaic_assets.builder.service import BuildError
+from qaic_assets.defs.keys import group_name
+from qaic_assets.hashing import hash_json
+from qaic_assets.qaic import recipes
+from qaic_assets.settings import Settings
+
+
+#: Retries for transient failures only: a BuildError marked `transient` (another run held the output's
+#: lock past the wait) asks Dagster to retry the step (dg.RetryRequested). A compiler's own failure
+#: (non-zero exit, a signal, a timeout), a bad input, a full disk, a crashed step process or a bug is
+#: not retried: trying again cannot help, and a crash may be the OOM killer. (An op RetryPolicy would
+#: retry all of them.)
+TRANSIENT_RETRIES = 2
+TRANSIENT_RETRY_WAIT_S = 30
+
+
+def asset_attributes(config: Settings, model: str) -> dict:
+    """What every asset of a model shows in the UI: its group, owners and tags (model, recipe, backend)."""
+    return {"group_name": group_name(model), "owners": config.owners_of(model),
+            "tags": {"model": model, "recipe": config.recipe_of(model), "backend": config.backend}}
+
+
+class BuildOptions(dg.Config):
+    """Run config of the calibrate/compile ops (launchpad: `force: true` to bypass the cache)."""
+
+    force: bool = False
+
+
+def code_version(config: Settings, model: str, *parts: object) -> str:
+    matrix = config.matrix_of(model)
+    recipe = recipes.recipe_code_version(config.recipe_of(model), matrix.scenarios, matrix.nsp)
+    return hash_json([recipe, *parts], length=16)
+
+
+@contextlib.contextmanager
+def as_failure() -> Iterator[None]:
+    """A BuildError becomes a dg.Failure with its message and details (command, log tail, duration),
+    or a retry when it is transient."""
+    try:
+        yield
+    except BuildError as exc:
+        details = exc.details
+        metadata = {}
+        if "command" in details:
+            metadata["command"] = dg.MetadataValue.text(details["command"])  # shlex-quoted
+        if "log_tail" in details:
+            metadata["log_tail"] = dg.MetadataValue.md("```\n" + "\n".join(details["log_tail"]) + "\n```")
+        if "duration_s" in details:
+            metadata["duration_s"] = details["duration_s"]
+        if exc.transient:
+            raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=TRANSIENT_RETRY_WAIT_S) from exc
+        raise dg.Failure(description=str(exc), metadata=metadata, allow_retries=False) from exc

@@ -90,7 +90,7 @@ def planned_groups(config) -> list[tuple[str, list[tuple], tuple[int, ...]]]:
     """The units of `demo.materialize_matrix`'s runs, in its order, with the groups each waits for
     (observing the SDK needs no compiler: that run's group is empty)."""
     from qaic_assets.demo import plan_runs
-    from qaic_assets.defs.keys import binary_key, profile_key, source_key
+    from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
     from qaic_assets.keys import BinaryPartition, parse_batch_key
 
     out = []

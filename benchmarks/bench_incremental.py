@@ -128,9 +128,9 @@ def part_b(work: Path, models: list[str]) -> list[list]:
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    from qaic_assets.defs.keys import binary_key, profile_key
+    from qaic_assets.orchestration.keys import binary_key, profile_key
     from qaic_assets.settings import load_settings
-    from qaic_assets.defs.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
+    from qaic_assets.orchestration.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
     from qaic_assets.definitions import defs
     from qaic_assets.demo import materialize_matrix, run_job
 
@@ -243,7 +243,7 @@ def _run_selected(instance, job_name: str, partition: str, keys) -> None:
     """One run of `job_name` for `partition`, restricted to `keys` (the demo's executor settings)."""
     import dagster as dg
 
-    from qaic_assets.defs.jobs import partition_run_tags
+    from qaic_assets.orchestration.jobs import partition_run_tags
     from qaic_assets.demo import run_config
 
     tags = partition_run_tags(partition)

@@ -66,7 +66,7 @@ import json, time, warnings
 warnings.filterwarnings("ignore")
 import dagster as dg
 from qaic_assets.settings import load_settings
-from qaic_assets.defs import build_definitions
+from qaic_assets.orchestration import build_definitions
 from qaic_assets.builder.plan import plan_target
 from qaic_assets.qaic.sdk import select_backend
 config = load_settings({str(config_path)!r})

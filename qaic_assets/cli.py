@@ -115,7 +115,7 @@ def _partition(config, model: str, key: str) -> BinaryPartition:
 def cmd_lineage(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from qaic_assets.defs.lineage import lineage
+    from qaic_assets.orchestration.lineage import lineage
 
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
@@ -143,7 +143,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from qaic_assets.builder.service import BuildError
-    from qaic_assets.defs.lineage import register_binary
+    from qaic_assets.orchestration.lineage import register_binary
 
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)

@@ -2,7 +2,7 @@
 
 import sys
 
-from qaic_assets.defs import build_definitions
+from qaic_assets.orchestration import build_definitions
 from qaic_assets.settings import ConfigError, load_settings
 
 

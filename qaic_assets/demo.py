@@ -8,10 +8,20 @@ run starts as soon as the runs it depends on have finished, so a core is never l
 another run's slowest step (docs/BENCHMARKS.md). Every run is recorded in the instance, so
 the UI (`make ui`) shows the same materializations afterwards. Ends with a table of what was built.
 
-Quiet and alive: a step found up to date before its run is launched (defs/up_to_date.py) is not run
-at all; the others are followed from the event log (defs/progress.py: a live display on a terminal,
+Quiet and alive: a step found up to date before its run is launched (orchestration/up_to_date.py) is not run
+at all; the others are followed from the event log (orchestration/progress.py: a live display on a terminal,
 one line per step otherwise). Dagster's own console output (the step processes' DEBUG lines,
 tracebacks) goes to a log file named at the end; a failed step's message is printed in its line.
+
+What Dagster does here and what the demo keeps for itself. Dagster runs every step (its jobs, the
+in-process executor, the `qaic_compile` pool that bounds compilers across runs), records every run and
+event, and owns partitions, data versions and checks. A Dagster backfill with its run queue would also
+order and launch the runs, but both need the daemon, and its run launcher starts each run in a fresh
+process that imports the code location again (seconds per run, docs/BENCHMARKS.md); `make demo` runs
+with no daemon. So the demo keeps only what those do not give: launching each run as soon as the runs
+it needs are done, on run workers forked from this process; deciding before launch that a run has
+nothing to do (a backfill would launch it and let the build hit its cache); and one line or a live
+display per step.
 """
 
 from __future__ import annotations
@@ -30,10 +40,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from qaic_assets.defs.executor import execution_run_config
-from qaic_assets.defs.up_to_date import UpToDate, Step
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, DEMO_TAG, POOL, SDK_KEY, binary_key, profile_key, source_key
-from qaic_assets.defs.progress import UP_TO_DATE, PlainProgress, RunFollower, progress_for
+from qaic_assets.orchestration.executor import execution_run_config
+from qaic_assets.orchestration.up_to_date import UpToDate, Step
+from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, DEMO_TAG, POOL, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.progress import UP_TO_DATE, PlainProgress, RunFollower, progress_for
 from qaic_assets.settings import Settings, load_settings
 
 
@@ -41,8 +51,7 @@ from qaic_assets.settings import Settings, load_settings
 #: How a process of the demo's runs starts (env QAIC_ASSETS_START_METHOD overrides): a run worker,
 #: and a step's process under the multiprocess executor. `forkserver` forks each from one server
 #: process per demo that has already imported dagster and built the definitions (PRELOAD); `spawn`
-#: starts a fresh interpreter that imports them again: ~1.5-3 s per process on a loaded 2-core
-#: machine (docs/BENCHMARKS.md). Run workers are forked from the demo process itself when it has no
+#: starts a fresh interpreter that imports them again, seconds per process (docs/BENCHMARKS.md). Run workers are forked from the demo process itself when it has no
 #: other thread yet (worker_start_method).
 START_METHOD_ENV = "QAIC_ASSETS_START_METHOD"
 DEFAULT_START_METHOD = "forkserver"
@@ -56,8 +65,8 @@ def start_method(choice: str | None = None) -> str:
 
 def worker_start_method(choice: str | None = None) -> str:
     """How the run workers start: `fork` of this process while it is the only thread (it has imported
-    dagster and the definitions already, so a worker is ready in a fraction of a second instead of
-    the forkserver's ~3 s preload, and no other thread can hold a lock the copy would inherit
+    dagster and the definitions already, so a worker is ready at once instead of after the
+    forkserver's preload, and no other thread can hold a lock the copy would inherit
     locked), on Linux; else start_method(). An explicit choice (argument, env) wins."""
     if choice or os.environ.get(START_METHOD_ENV):
         return start_method(choice)
@@ -71,7 +80,7 @@ def dagster_home() -> str:
 
 
 def run_config(max_concurrent: int = 2, method: str | None = None, *, in_process: bool = False) -> dict:
-    """Run config of a demo run: the deployment's execution config (deploy.execution_run_config), with
+    """Run config of a demo run: the deployment's execution config (orchestration/executor.execution_run_config), with
     the step start method set when it is the multiprocess executor, or Dagster's in-process executor
     when `in_process` (and the deployment's executor is the default one); console logs at WARNING."""
     config = execution_run_config(max_concurrent)
@@ -97,7 +106,7 @@ def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = Non
     """One run of the named job, to its end. The result is not opened as a context manager: that would
     initialise the run's resources again to load outputs (two more event writes per run), and the demo
     reads only `success` and the event log."""
-    from qaic_assets.defs.jobs import partition_run_tags
+    from qaic_assets.orchestration.jobs import partition_run_tags
 
     tags = {**(tags or {}), **partition_run_tags(partition)}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
@@ -143,7 +152,7 @@ def plan_runs(config: Settings) -> list[PlannedRun]:
     the runs each waits for: a calibration run waits for the SDK observation and the sources; a
     compile run also for its batch's calibration run and the compile runs of that batch before it
     (whose identical CPU builds it shares rather than builds again)."""
-    from qaic_assets.defs.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
+    from qaic_assets.orchestration.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
     runs = [PlannedRun(OBSERVE_JOB, None, [Step(SDK_KEY)]),
             PlannedRun(SOURCES_JOB, None, [Step(source_key(m), m) for m in config.model_names])]

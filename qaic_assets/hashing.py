@@ -36,8 +36,8 @@ _KNOWN: dict[str, tuple[tuple[int, ...], str]] = {}
 def sha256_input(path: str | Path) -> str:
     """sha256_file of an input (a model, a data sample), remembered in this process while the file's
     device, inode, size, mtime and ctime stay the same (ctime cannot be set back without the system
-    clock): a run worker verifies the same stand-in and held-out files at every step (~1,000 files and
-    ~2 s a demo). Outputs are hashed with sha256_file, always."""
+    clock): a run worker verifies the same stand-in and held-out files at every step (about a thousand
+    files a demo). Outputs are hashed with sha256_file, always."""
     name = os.fspath(path)
     st = os.stat(name)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

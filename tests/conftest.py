@@ -47,7 +47,7 @@ class TinyProject:
 
     def rebuild(self) -> dg.Definitions:
         """Re-read the config and rebuild the definitions (a new code version, say)."""
-        from qaic_assets.defs import build_definitions
+        from qaic_assets.orchestration import build_definitions
 
         self._defs = build_definitions(self.config)
         return self._defs
@@ -58,7 +58,7 @@ class TinyProject:
                               selection=[key], tags=tags or None)
 
     def observe_sdk(self) -> dg.AssetObservation:
-        from qaic_assets.defs.jobs import OBSERVE_JOB
+        from qaic_assets.orchestration.jobs import OBSERVE_JOB
 
         result = self.defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=self.instance)
         assert result.success

@@ -1,4 +1,4 @@
-"""The package's layers (docs/ARCHITECTURE.md): only `defs/` and the entry points import dagster,
+"""The package's layers (docs/ARCHITECTURE.md): only `orchestration/` and the entry points import dagster,
 nothing imports from a layer above its own, and no module reaches into Dagster's internals: no
 `dagster._` import, and no instance or context attribute that Dagster does not mark public, except the
 few named in NON_PUBLIC with the reason no public way exists (pinned to the tested Dagster series)."""
@@ -17,9 +17,9 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "qaic_assets"
 
 #: Lower number = lower layer. A module may import its own package and any lower layer.
-LAYERS = {"hashing": 0, "keys": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3, "defs": 4,
+LAYERS = {"hashing": 0, "keys": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3, "orchestration": 4,
           "definitions": 5, "cli": 6, "demo": 6}
-DAGSTER_FREE = ("hashing", "qaic", "models", "cpu_compiler", "settings", "builder")
+DAGSTER_FREE = ("hashing", "keys", "qaic", "models", "cpu_compiler", "settings", "builder")
 
 
 def _layer(module: str) -> str:
@@ -94,7 +94,7 @@ def test_importing_a_lower_layer_loads_no_dagster(module):
 #: public equivalent in the tested Dagster series; test_the_non_public_dagster_uses_are_pinned fails on
 #: another series or when one of them is gone, so an upgrade starts here.
 NON_PUBLIC = {
-    ("AutomationContext", "asset_graph_view"): "a custom condition's only way to the instance (defs/automation.py)",
+    ("AutomationContext", "asset_graph_view"): "a custom condition's only way to the instance (orchestration/automation.py)",
     ("AutomationContext", "candidate_subset"): "documented in Dagster's custom-condition guide, not annotated",
     ("AutomationContext", "get_empty_subset"): "documented in Dagster's custom-condition guide, not annotated",
     ("DagsterInstance", "event_log_storage"): "a pool's limit set by `dagster instance concurrency set` (demo.py)",

@@ -35,7 +35,7 @@ from qaic_assets.builder.plan import calibrate_command, compile_command
 from qaic_assets.builder.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
 from qaic_assets.builder.sources import SourceError, SourceModel, ensure_source
 from qaic_assets.builder.reuse import applied_key, find_same_build, input_stats, link_build, stat_key
-from qaic_assets.builder.store import calibration_dir, compile_dir, model_inputs
+from qaic_assets.builder.store import calibration_dir, choice_path, compile_dir, model_inputs
 from qaic_assets.hashing import sha256_file
 from qaic_assets.builder.safe_copy import UnsafeSource, check_tree, copy_checked
 from qaic_assets.qaic.commands import BATCHED_LIST_FILE, BINARY_DIR, PROFILE_FILE, Command
@@ -382,6 +382,28 @@ def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str =
     return Built(manifest, cached, command, src, inputs)
 
 
+def read_choice(config: Settings, model: str, batch: int) -> dict | None:
+    try:
+        return json.loads(choice_path(config, model, batch).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def chosen_percentile(config: Settings, model: str, batch: int) -> tuple[float, dict]:
+    """(value, choice) for compiling a `percentile: sweep` model: the choice must exist and have been
+    made on the batch's current profile; else a BuildError naming the asset to materialize."""
+    fix = f"materialize {model}/percentile_choice {batch_key(batch)}"
+    choice = read_choice(config, model, batch)
+    if choice is None:
+        raise BuildError(f"{model} has `percentile: sweep` but no percentile choice "
+                         f"{choice_path(config, model, batch)} yet: {fix} first")
+    profile = calibration_dir(config, model, batch) / PROFILE_FILE
+    if profile.is_file() and sha256_file(profile) != choice["profile"]["sha256"]:
+        raise BuildError(f"the percentile choice {choice_path(config, model, batch)} was made on another "
+                         f"profile than {profile}: {fix} again")
+    return float(choice["chosen"]), choice
+
+
 def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, run_id: str = "direct",
                    force: bool = False, log: logging.Logger = _LOG) -> Built:
     """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized)."""
@@ -390,8 +412,6 @@ def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, 
     compiler = backend(config)
     percentile = None
     if cfg.quantize and cfg.sweeps_percentile:  # the value <model>/percentile_choice picked for this batch
-        from qaic_assets.builder.sweep import chosen_percentile, choice_path
-
         percentile, _ = chosen_percentile(config, model, batch)
     command = compile_command(config, compiler, model, partition, percentile=percentile)
     src = source(config, model)

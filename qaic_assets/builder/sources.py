@@ -185,6 +185,6 @@ def ensure_source(config: Settings, model: str) -> SourceModel:
 
 @functools.lru_cache(maxsize=32)
 def _description(path: str, sha256: str) -> dict:
-    """describe_onnx, once per file content in this process: parsing a stand-in takes 0.2-0.7 s, and
-    every calibrate and compile step verifies its source (ensure_source)."""
+    """describe_onnx, once per file content in this process: parsing a whole model is not free
+    (docs/BENCHMARKS.md), and every calibrate and compile step verifies its source (ensure_source)."""
     return describe_onnx(Path(path))

@@ -15,6 +15,8 @@ from qaic_assets.settings import Settings
 
 CHECKS_DIR = "checks"
 
+CHOICE_FILE = "percentile_choice.json"
+
 
 @dataclass(frozen=True)
 class ModelInputs:
@@ -63,6 +65,15 @@ def source_dir(config: Settings, model: str) -> Path:
 
 def calibration_dir(config: Settings, model: str, batch: int) -> Path:
     return model_dir(config, model) / "calibration" / batch_key(batch)
+
+
+def sweep_dir(config: Settings, model: str, batch: int) -> Path:
+    """The percentile sweep's candidates and choice of one batch (builder/sweep.py)."""
+    return model_dir(config, model) / "percentile" / batch_key(batch)
+
+
+def choice_path(config: Settings, model: str, batch: int) -> Path:
+    return sweep_dir(config, model, batch) / CHOICE_FILE
 
 
 def compile_dir(config: Settings, model: str, partition: BinaryPartition) -> Path:

@@ -22,45 +22,14 @@ from pathlib import Path
 from qaic_assets.builder import service
 from qaic_assets.builder.accuracy import evaluate, heldout_files
 from qaic_assets.builder.plan import compile_command
-from qaic_assets.builder.store import calibration_dir, model_dir
+from qaic_assets.builder.store import calibration_dir, choice_path, sweep_dir
 from qaic_assets.hashing import atomic_write, sha256_file
 from qaic_assets.qaic.commands import PROFILE_FILE
 from qaic_assets.qaic.sdk import cpu_backend
 from qaic_assets.keys import BinaryPartition, batch_key
 from qaic_assets.settings import Settings
 
-CHOICE_FILE = "percentile_choice.json"
 _LOG = logging.getLogger("qaic_assets.builder")
-
-
-def sweep_dir(config: Settings, model: str, batch: int) -> Path:
-    return model_dir(config, model) / "percentile" / batch_key(batch)
-
-
-def choice_path(config: Settings, model: str, batch: int) -> Path:
-    return sweep_dir(config, model, batch) / CHOICE_FILE
-
-
-def read_choice(config: Settings, model: str, batch: int) -> dict | None:
-    try:
-        return json.loads(choice_path(config, model, batch).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def chosen_percentile(config: Settings, model: str, batch: int) -> tuple[float, dict]:
-    """(value, choice) for compiling a `percentile: sweep` model: the choice must exist and have been
-    made on the batch's current profile; else a BuildError naming the asset to materialize."""
-    fix = f"materialize {model}/percentile_choice {batch_key(batch)}"
-    choice = read_choice(config, model, batch)
-    if choice is None:
-        raise service.BuildError(f"{model} has `percentile: sweep` but no percentile choice "
-                                 f"{choice_path(config, model, batch)} yet: {fix} first")
-    profile = calibration_dir(config, model, batch) / PROFILE_FILE
-    if profile.is_file() and sha256_file(profile) != choice["profile"]["sha256"]:
-        raise service.BuildError(f"the percentile choice {choice_path(config, model, batch)} was made on another "
-                                 f"profile than {profile}: {fix} again")
-    return float(choice["chosen"]), choice
 
 
 def _label(value: float) -> str:

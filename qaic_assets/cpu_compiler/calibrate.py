@@ -9,8 +9,8 @@ is kept across batches except those statistics, so memory is one batch of activa
 The histogram is streamed Glow-style: it always spans the running [min, max]; when a batch widens the
 range, the old counts are redistributed onto the new bins in proportion to their overlap (a piecewise
 linear CDF), then the batch is counted on the new bins. This avoids a second pass over the data.
-The counting loop is C (_bins.c, built at install; 2.2x faster than numpy's five passes, and it
-runs outside the GIL), with numpy doing the same arithmetic when the library was not built.
+The counting loop is C (_bins.c, built at install; faster than numpy's five passes and outside the
+GIL: docs/BENCHMARKS.md), with numpy doing the same arithmetic when the library was not built.
 
 The model helpers shared with compile and the accuracy check are in graph.py; the profile format
 in qaic/formats/profiles.py.
@@ -109,7 +109,7 @@ def _load_count_bins():
     return None
 
 
-#: qaic_count_bins from _bins.c (None: count with numpy, 2.2x slower)
+#: qaic_count_bins from _bins.c (None: count with numpy, slower)
 C_COUNT_BINS = _load_count_bins()
 
 
@@ -227,8 +227,8 @@ def calibrate(
     if threads:
         so.intra_op_num_threads = int(threads)
     # no spin-waiting between ops: calibrations run beside other compiler/check processes (the
-    # qaic_compile pool), and spinning threads burn the cores those need; two concurrent calibrations
-    # on 2 cores ran 1.75x slower with spinning (docs/BENCHMARKS.md). Results are unchanged.
+    # qaic_compile pool), and spinning threads burn the cores those need (measured: docs/BENCHMARKS.md).
+    # Results are unchanged.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # basic (constant folding, redundant node removal): the exposed intermediates block fusions anyway,
     # and layout transforms would insert a reorder per exposed output
@@ -251,7 +251,6 @@ def calibrate(
     # a histogram update runs outside the GIL (the C counting loop via ctypes; numpy's elementwise
     # steps): a few threads, one big tensor each, overlap them (as many as the profiling threads, at
     # most 4); a small tensor is folded in this thread, as handing it over costs more than its update
-    # (digits: 3x less time in stats)
     workers = max(1, min(int(threads or os.cpu_count() or 1), 4))
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
 

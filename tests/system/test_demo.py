@@ -68,7 +68,7 @@ def test_demo_is_quiet_and_prints_one_line_per_step(tmp_path):
 
 
 def test_building_the_definitions_warns_about_nothing_of_ours(tiny_project):
-    from qaic_assets.defs import build_definitions
+    from qaic_assets.orchestration import build_definitions
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -86,7 +86,7 @@ def test_progress_is_live_on_a_terminal_and_plain_otherwise():
     import io
     import threading
 
-    from qaic_assets.defs.progress import LiveProgress, PlainProgress, progress_for
+    from qaic_assets.orchestration.progress import LiveProgress, PlainProgress, progress_for
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

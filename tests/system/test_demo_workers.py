@@ -101,7 +101,7 @@ def test_the_run_workers_are_as_many_as_the_compile_pool_allows(tmp_path):
     """At most as many workers (each one step at a time) as the `qaic_compile` pool lets compilers run:
     dagster.yaml's default limit, or the limit set in the instance; never more than 2. (Two workers
     claiming one slot at the same instant could both get it from Dagster's SQLite storage.)"""
-    from qaic_assets.defs.keys import POOL
+    from qaic_assets.orchestration.keys import POOL
     from qaic_assets.demo import run_workers_for
 
     for default, expected in ((1, 1), (2, 2), (8, 2)):

@@ -1,6 +1,6 @@
 """Deployment (issue 8): a Postgres-backed instance and compile steps spread over two dagster-celery
 workers, with real servers: PostgreSQL and Redis (Debian packages), each bound to 127.0.0.1 on a
-free port, and two `dagster-celery worker start -A qaic_assets.defs.executor` processes.
+free port, and two `dagster-celery worker start -A qaic_assets.orchestration.executor` processes.
 
 Opt-in: runs only with QAIC_TEST_DEPLOY=1 (`make test-deploy`, which also installs the `deploy`
 extras), so `make test` never needs the servers, the extras or apt. When asked for, the servers are
@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qaic_assets.defs.metadata import resolve
+from qaic_assets.orchestration.metadata import resolve
 
 pytestmark = [
     pytest.mark.deploy,
@@ -57,7 +57,7 @@ HOSTS = {"a": "qaic-host-a", "b": "qaic-host-b"}
 ORCHESTRATOR = r"""
 import json, sys
 import dagster as dg
-from qaic_assets.defs.jobs import partition_run_tags as tags_for
+from qaic_assets.orchestration.jobs import partition_run_tags as tags_for
 
 with dg.DagsterInstance.get() as instance:
     for item in json.loads(sys.argv[1]):
@@ -272,7 +272,7 @@ class Worker:
     """One `dagster-celery worker start` process group: a compile host."""
 
     def __init__(self, name: str, queues: list[str], env: dict, log: Path, hostname: str | None):
-        cmd = [str(BIN / "dagster-celery"), "worker", "start", "-A", "qaic_assets.defs.executor", "-n", name,
+        cmd = [str(BIN / "dagster-celery"), "worker", "start", "-A", "qaic_assets.orchestration.executor", "-n", name,
                # one comma-separated -q: dagster-celery turns repeated -q into repeated celery -Q,
                # of which celery keeps only the last
                "-l", "INFO", "-q", ",".join(queues),
@@ -318,7 +318,7 @@ def deployment(servers, tmp_path_factory):
     A serves the compile queue and the default queue, B only the compile queue."""
     import dagster as dg
 
-    from qaic_assets.defs import executor as deploy
+    from qaic_assets.orchestration import executor as deploy
 
     base = tmp_path_factory.mktemp("deploy")
     shared = base / "shared"  # the shared filesystem of the "hosts"
@@ -448,8 +448,8 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     import psycopg2
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-    from qaic_assets.defs import executor as deploy
-    from qaic_assets.defs.keys import binary_key, profile_key
+    from qaic_assets.orchestration import executor as deploy
+    from qaic_assets.orchestration.keys import binary_key, profile_key
     from qaic_assets.keys import BinaryPartition
     from qaic_assets.settings import load_settings
     from qaic_assets.builder.store import compile_dir
@@ -471,7 +471,7 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
     assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
     assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
     # the project's own definitions carry the celery executor chosen by the environment
-    from qaic_assets.defs import build_definitions
+    from qaic_assets.orchestration import build_definitions
 
     assert build_definitions(config).resolve_job_def(COMPILE_JOB).executor_def.name == deploy.EXECUTOR_NAME
 
@@ -669,7 +669,7 @@ def split_hosts(servers, tmp_path_factory):
     import psycopg2
 
     from fake_sdk import TINY_CONFIG, write_tiny_files
-    from qaic_assets.defs import executor as deploy
+    from qaic_assets.orchestration import executor as deploy
 
     base = tmp_path_factory.mktemp("split")
     shared = base / "shared"
@@ -734,7 +734,7 @@ def split_hosts(servers, tmp_path_factory):
 
 def sensor_ticks(webserver: str) -> list[dict]:
     """The automation sensor's latest ticks, as the webserver (no SDK on its host) reports them."""
-    from qaic_assets.defs.automation import SENSOR_NAME
+    from qaic_assets.orchestration.automation import SENSOR_NAME
 
     selector = {"repositoryLocationName": "qaic_assets.definitions", "repositoryName": "__repository__",
                 "sensorName": SENSOR_NAME}
@@ -758,8 +758,8 @@ def test_sdk_upgrade_recompiles_the_built_partitions_through_the_workers(split_h
     import dagster as dg
 
     from fake_sdk import read_calls, set_fake_sdk_version
-    from qaic_assets.defs.keys import AUTOMATION_TAG
-    from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key
+    from qaic_assets.orchestration.keys import AUTOMATION_TAG
+    from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key
 
     instance, env, webserver = split_hosts["instance"], split_hosts["env"], split_hosts["webserver"]
     built = ["bs1|offline-nsp14", "bs2|singlestream-nsp14"]  # of the 4 binaries

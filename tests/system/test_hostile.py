@@ -31,7 +31,7 @@ from test_reliability import (  # noqa: F401  (fixtures)
     wait_for,
 )
 
-from qaic_assets.defs.keys import binary_key, profile_key
+from qaic_assets.orchestration.keys import binary_key, profile_key
 from qaic_assets.hashing import sha256_bytes, sha256_file
 
 

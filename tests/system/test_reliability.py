@@ -32,9 +32,9 @@ import yaml
 
 from fake_sdk import read_calls, read_exits, write_tiny_files
 from helpers import latest, wait_gone
-from qaic_assets.defs.keys import binary_key, profile_key, source_key
+from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 from qaic_assets.settings import ConfigError, load_settings
-from qaic_assets.defs import build_definitions
+from qaic_assets.orchestration import build_definitions
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITION = "bs2|offline-nsp14"
@@ -521,7 +521,7 @@ def test_downloads_are_https_only_including_redirects(tmp_path):
     ("missing raw file", ["3.raw", "line 4 of calibration list", "does not exist"]),
 ])
 def test_bad_calibration_input_fails_before_the_compiler(project, fault, needles):
-    """tests/qaic/test_batching.py checks each message; tests/defs/test_assets.py::
+    """tests/qaic/test_batching.py checks each message; tests/orchestration/test_assets.py::
     test_wrong_sized_calibration_file_fails_before_the_compiler the step; this adds: the previous
     profile, manifest and metadata are kept and a rerun succeeds."""
     cal = project.root / "cal"
@@ -563,7 +563,7 @@ def test_missing_node_precision_file_fails_before_the_compiler(project):
 
 
 # ================================================================================================
-# Compiler faults (non-zero exit, timeout and missing output: tests/defs/test_assets.py::
+# Compiler faults (non-zero exit, timeout and missing output: tests/orchestration/test_assets.py::
 # test_failed_compile_keeps_the_previous_binary; runner level: tests/builder/test_process.py)
 # ================================================================================================
 

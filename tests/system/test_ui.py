@@ -25,7 +25,7 @@ import dagster as dg
 import pytest
 
 from conftest import write_tiny_project
-from qaic_assets.defs.keys import binary_key, profile_key, source_key
+from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 
 LOCATION = "qaic_assets.definitions"
 PAGE_TIMEOUT_S = 45

@@ -7,12 +7,12 @@ from pathlib import Path
 import dagster as dg
 
 from qaic_assets.builder import harness, service
-from qaic_assets.defs.keys import POOL, SDK_KEY, profile_key, source_key
-from qaic_assets.defs.partitions import batch_partitions
-from qaic_assets.defs.metadata import build_metadata, labels, stored_path
-from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.toolchain import record_first_observation
-from qaic_assets.defs.build_step import BuildOptions, as_failure, code_version, asset_attributes
+from qaic_assets.orchestration.keys import POOL, SDK_KEY, profile_key, source_key
+from qaic_assets.orchestration.partitions import batch_partitions
+from qaic_assets.orchestration.metadata import build_metadata, labels, stored_path
+from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.orchestration.toolchain import record_first_observation
+from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
 from qaic_assets.keys import parse_batch_key
 from qaic_assets.settings import Settings
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import dagster as dg
 
 from qaic_assets.builder.manifest import read_manifest
-from qaic_assets.defs.keys import profile_key, source_key
+from qaic_assets.orchestration.keys import profile_key, source_key
 from qaic_assets.settings import Settings
 
 

@@ -147,8 +147,8 @@ class RunFollower:
     """Follows the steps of the run tagged `tag` in a thread; `finish()` reads the rest of its events
     (after the run returned) and reports the steps that never ran."""
 
-    #: a step's line is at most this late; each poll is two storage queries (~3 ms of CPU on SQLite)
-    #: in the demo process, beside compilers that want both cores
+    #: a step's line is at most this late; each poll is two storage queries in the demo process,
+    #: beside compilers that want both cores
     POLL_S = 1.0
 
     def __init__(self, instance: dg.DagsterInstance, tag: tuple[str, str], labels: dict[str, str],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from qaic_assets.defs.beta import our_beta_apis
+from qaic_assets.orchestration.beta import our_beta_apis
 
 from qaic_assets.keys import DIMENSIONS, BinaryPartition
 from qaic_assets.settings import Settings

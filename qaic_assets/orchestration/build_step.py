@@ -2,7 +2,7 @@
 its run config (`force`), its code version, and its failures.
 
 The build service (qaic_assets/builder/service.py) does the work and raises BuildError; `as_failure`
-turns that into a `dg.Failure` carrying the command and the log tail. Metadata: defs/metadata.py.
+turns that into a `dg.Failure` carrying the command and the log tail. Metadata: orchestration/metadata.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Iterator
 import dagster as dg
 
 from qaic_assets.builder.service import BuildError
-from qaic_assets.defs.keys import group_name
+from qaic_assets.orchestration.keys import group_name
 from qaic_assets.hashing import hash_json
 from qaic_assets.qaic import recipes
 from qaic_assets.settings import Settings

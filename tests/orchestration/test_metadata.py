@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 import qaic_assets
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
+from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
 
 DIGITS = Path(qaic_assets.__file__).parent / "models" / "data" / "digits"
 CONFIG = f"""
@@ -31,7 +31,7 @@ models:
 @pytest.fixture
 def cpu_project(tmp_path, monkeypatch):
     """(settings, defs, instance, compiler-call log) for digits on the CPU backend."""
-    from qaic_assets.defs import build_definitions
+    from qaic_assets.orchestration import build_definitions
     from qaic_assets.settings import load_settings
 
     (tmp_path / "qaic.yaml").write_text(CONFIG)
@@ -101,7 +101,7 @@ def test_a_failing_partition_shows_its_own_check_result(cpu_project, monkeypatch
     """The check is per partition: bs1 fails while bs2 passes, and each partition keeps its own
     result (the asset does not show only whichever ran last)."""
     settings, defs, instance = cpu_project
-    import qaic_assets.defs.checks as checks
+    import qaic_assets.orchestration.checks as checks
 
     real = checks.evaluate
 

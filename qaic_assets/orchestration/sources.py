@@ -7,9 +7,9 @@ import socket
 import dagster as dg
 
 from qaic_assets.builder import service
-from qaic_assets.defs.keys import source_key
-from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.build_step import as_failure, code_version, asset_attributes
+from qaic_assets.orchestration.keys import source_key
+from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.orchestration.build_step import as_failure, code_version, asset_attributes
 from qaic_assets.settings import Settings
 
 

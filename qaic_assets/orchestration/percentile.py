@@ -6,10 +6,10 @@ Lineage: compiled_binary <- percentile_choice <- calibration_profile."""
 import dagster as dg
 
 from qaic_assets.builder import sweep
-from qaic_assets.defs.keys import POOL, profile_key, source_key
-from qaic_assets.defs.partitions import batch_partitions
-from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.build_step import BuildOptions, as_failure, code_version, asset_attributes
+from qaic_assets.orchestration.keys import POOL, profile_key, source_key
+from qaic_assets.orchestration.partitions import batch_partitions
+from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
 from qaic_assets.hashing import hash_json
 from qaic_assets.qaic.commands import number_text
 from qaic_assets.keys import parse_batch_key

@@ -10,7 +10,7 @@ import shlex
 import dagster as dg
 
 from qaic_assets.builder import harness
-from qaic_assets.defs.keys import profile_key
+from qaic_assets.orchestration.keys import profile_key
 from qaic_assets.hashing import sha256_file
 from qaic_assets.qaic.formats.profiles import read_profile
 

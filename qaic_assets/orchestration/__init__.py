@@ -13,10 +13,10 @@ from qaic_assets.settings import Settings
 
 def model_assets(project: Settings, model: str, automation_condition=None) -> list[dg.AssetsDefinition]:
     """One model's assets: source, calibration profile (when quantized), compiled binary."""
-    from qaic_assets.defs.calibration import calibration_asset
-    from qaic_assets.defs.compile import compile_asset
-    from qaic_assets.defs.executor import compile_op_tags
-    from qaic_assets.defs.sources import source_asset
+    from qaic_assets.orchestration.calibration import calibration_asset
+    from qaic_assets.orchestration.compile import compile_asset
+    from qaic_assets.orchestration.executor import compile_op_tags
+    from qaic_assets.orchestration.sources import source_asset
 
     # models start in the order the config lists them (step priority; Dagster's default is step-key
     # order): list the slowest first, so it does not start last and stretch the run (docs/BENCHMARKS.md)
@@ -26,7 +26,7 @@ def model_assets(project: Settings, model: str, automation_condition=None) -> li
     if project.model(model).quantize:
         assets.append(calibration_asset(project, model, tags, automation_condition))
         if project.model(model).sweeps_percentile:
-            from qaic_assets.defs.percentile import percentile_asset
+            from qaic_assets.orchestration.percentile import percentile_asset
 
             assets.append(percentile_asset(project, model, tags, automation_condition))
     assets.append(compile_asset(project, model, tags, automation_condition))
@@ -35,12 +35,12 @@ def model_assets(project: Settings, model: str, automation_condition=None) -> li
 
 def build_definitions(config: Settings, resources: dict | None = None) -> dg.Definitions:
     """`resources` replace the defaults built from the settings (`toolchain`, `artifact_store`)."""
-    from qaic_assets.defs.automation import build_automation
-    from qaic_assets.defs.beta import our_beta_apis
-    from qaic_assets.defs.executor import executor_from_env
-    from qaic_assets.defs.jobs import build_jobs, observe_job
-    from qaic_assets.defs.resources import TOOLCHAIN, default_resources, graph_settings
-    from qaic_assets.defs.toolchain import sdk_asset
+    from qaic_assets.orchestration.automation import build_automation
+    from qaic_assets.orchestration.beta import our_beta_apis
+    from qaic_assets.orchestration.executor import executor_from_env
+    from qaic_assets.orchestration.jobs import build_jobs, observe_job
+    from qaic_assets.orchestration.resources import TOOLCHAIN, default_resources, graph_settings
+    from qaic_assets.orchestration.toolchain import sdk_asset
 
     resources = {**default_resources(config), **(resources or {})}
     config = graph_settings(config, resources[TOOLCHAIN])  # one toolchain for the graph and the builds

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 
 from qaic_assets.builder import service
-from qaic_assets.defs.keys import binary_key, profile_key, source_key
-from qaic_assets.defs.partitions import multi_partition_key
+from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
+from qaic_assets.orchestration.partitions import multi_partition_key
 from qaic_assets.keys import BinaryPartition
 from qaic_assets.settings import Settings
 
@@ -23,8 +23,8 @@ def _records(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | No
 def _values(record, *names: str) -> dict:
     meta = record.asset_materialization.metadata
     values = {name: meta[name].value for name in names if name in meta}
-    if "path" in values and "storage_root" in meta:  # stored relative to the root (defs/metadata.py)
-        from qaic_assets.defs.metadata import resolve
+    if "path" in values and "storage_root" in meta:  # stored relative to the root (orchestration/metadata.py)
+        from qaic_assets.orchestration.metadata import resolve
 
         values["path"] = str(resolve(meta))
     return values

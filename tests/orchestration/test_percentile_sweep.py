@@ -15,9 +15,9 @@ import pytest
 from qaic_assets.builder import accuracy
 from qaic_assets.builder.plan import SWEEP_PLACEHOLDER, compile_command
 from qaic_assets.keys import BinaryPartition
-from qaic_assets.defs.keys import binary_key, profile_key
-from qaic_assets.defs.lineage import lineage
-from qaic_assets.defs.percentile import choice_key
+from qaic_assets.orchestration.keys import binary_key, profile_key
+from qaic_assets.orchestration.lineage import lineage
+from qaic_assets.orchestration.percentile import choice_key
 from qaic_assets.qaic.sdk import cpu_backend
 
 DIGITS = Path(__file__).resolve().parents[2] / "qaic_assets" / "models" / "data" / "digits"

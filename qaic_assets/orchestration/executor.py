@@ -11,8 +11,8 @@ The project's definitions use this module in two places (see docs/DEPLOY.md):
   Other steps (fetching source models) go to Celery's default queue ``dagster``. The tags are inert
   under the default executor.
 
-The Celery workers use this module as their app: ``dagster-celery worker start -A qaic_assets.defs.executor
--q qaic_compile`` (or ``celery -A qaic_assets.defs.executor worker -Q qaic_compile``). The app and the
+The Celery workers use this module as their app: ``dagster-celery worker start -A qaic_assets.orchestration.executor
+-q qaic_compile`` (or ``celery -A qaic_assets.orchestration.executor worker -Q qaic_compile``). The app and the
 executor are built from the same settings (:func:`celery_settings`), so the two sides agree.
 
 Environment (every process: webserver, daemon, run workers, celery workers):
@@ -172,7 +172,7 @@ _APP = None
 
 
 def __getattr__(name: str):
-    # `celery -A qaic_assets.defs.executor` looks up `app`: built on first use, so importing this module
+    # `celery -A qaic_assets.orchestration.executor` looks up `app`: built on first use, so importing this module
     # never needs celery.
     global _APP
     if name == "app":

@@ -20,8 +20,8 @@ from qaic_assets.builder.reuse import fresh_build, stat_key
 from qaic_assets.builder.plan import calibrate_command, compile_command
 from qaic_assets.builder.store import calibration_dir, model_inputs
 from qaic_assets.qaic.commands import PROFILE_FILE
-from qaic_assets.defs.toolchain import latest_data_version
-from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.toolchain import latest_data_version
+from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.qaic.sdk import Backend
 from qaic_assets.keys import BinaryPartition, parse_batch_key
 from qaic_assets.settings import Settings

@@ -1,4 +1,4 @@
-"""The SDK tool checks on compiled_binary (defs/sdk_checks.py) and the versions every build records,
+"""The SDK tool checks on compiled_binary (orchestration/sdk_checks.py) and the versions every build records,
 on stand-in SDKs of each generation (tests/fake_sdk.py): fits_target from qaic-qpc validate, throughput
 from qaic-runner on a card, and the reason when a tool or the card is missing."""
 
@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 
 from fake_sdk import make_fake_sdk, read_calls
-from qaic_assets.defs.keys import binary_key, profile_key
-from qaic_assets.defs.sdk_checks import FITS_TARGET, THROUGHPUT
+from qaic_assets.orchestration.keys import binary_key, profile_key
+from qaic_assets.orchestration.sdk_checks import FITS_TARGET, THROUGHPUT
 
 PARTITION = "bs2|offline-nsp14"  # resnet50 offline: -aic-num-cores=4 -sdp-cluster-sizes=2,2 -> 4 NSPs
 RUNNER_ON = "throughput_check: {enabled: true, inferences: 200}\n"

@@ -10,11 +10,11 @@ import pytest
 
 from fake_sdk import read_calls, write_tiny_files
 from helpers import latest
-from qaic_assets.defs.keys import binary_key, profile_key, source_key
+from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 from qaic_assets.cli import main
-from qaic_assets.defs.lineage import lineage
+from qaic_assets.orchestration.lineage import lineage
 from qaic_assets.settings import load_settings
-from qaic_assets.defs import build_definitions
+from qaic_assets.orchestration import build_definitions
 from qaic_assets.builder.plan import plan_target
 from qaic_assets.qaic.sdk import select_backend
 

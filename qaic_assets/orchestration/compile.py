@@ -1,21 +1,21 @@
 """`<model>/compiled_binary`, one partition per batch x scenario-nsp: `-aic-binary-dir` output built by
 the build service from the source model and (quantized) its batch's profile. The checks run in the
 same step, one result per partition: the accuracy check for CPU builds, the SDK tool checks
-(defs/sdk_checks.py) for SDK builds."""
+(orchestration/sdk_checks.py) for SDK builds."""
 
 from collections.abc import Iterator
 
 import dagster as dg
 
 from qaic_assets.builder import service
-from qaic_assets.defs.beta import our_beta_apis
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, profile_key, source_key
-from qaic_assets.defs.metadata import build_metadata, labels, lineage_block, stored_path
-from qaic_assets.defs.partitions import binary_partition, binary_partitions, profile_mapping
-from qaic_assets.defs.resources import ArtifactStore, Toolchain, effective_settings
-from qaic_assets.defs.build_step import BuildOptions, as_failure, code_version, asset_attributes
-from qaic_assets.defs.sdk_checks import run_sdk_checks, sdk_check_specs
-from qaic_assets.defs.toolchain import record_first_observation
+from qaic_assets.orchestration.beta import our_beta_apis
+from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.metadata import build_metadata, labels, lineage_block, stored_path
+from qaic_assets.orchestration.partitions import binary_partition, binary_partitions, profile_mapping
+from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
+from qaic_assets.orchestration.sdk_checks import run_sdk_checks, sdk_check_specs
+from qaic_assets.orchestration.toolchain import record_first_observation
 from qaic_assets.settings import Settings
 
 #: what the binary is, by the configured backend (the graph depends on the settings only): the CPU
@@ -29,7 +29,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
     if cfg.quantize:
         deps.append(dg.AssetDep(profile_key(model), partition_mapping=profile_mapping()))
     if cfg.quantize and cfg.sweeps_percentile:  # binary <- percentile_choice <- profile
-        from qaic_assets.defs.percentile import choice_key
+        from qaic_assets.orchestration.percentile import choice_key
 
         deps.append(dg.AssetDep(choice_key(model), partition_mapping=profile_mapping()))
     partitions = binary_partitions(project, model)
@@ -89,7 +89,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
                          "profile_partition": dg.MetadataValue.text(profile_partition),
                          "profile_path": stored_path(settings, built.inputs["profile"]["path"])}
         if "percentile_choice" in built.inputs:
-            from qaic_assets.defs.percentile import choice_key
+            from qaic_assets.orchestration.percentile import choice_key
 
             metadata |= {"percentile": float(built.inputs["percentile_choice"]["value"]),
                          "percentile_choice": dg.MetadataValue.asset(choice_key(model))}
@@ -108,7 +108,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             metadata |= sdk_metadata
         accuracy = None
         if ACCURACY_CHECK_NAME in selected and manifest["backend"] == "cpu":
-            from qaic_assets.defs.checks import accuracy_check
+            from qaic_assets.orchestration.checks import accuracy_check
 
             accuracy = accuracy_check(settings, model, built.command.argv, built.output, batch,
                                       binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256)

@@ -7,12 +7,12 @@ import dagster as dg
 import pytest
 
 from fake_sdk import make_fake_sdk
-from qaic_assets.defs import build_definitions
-from qaic_assets.defs.jobs import SOURCES_JOB, matrix_jobs
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
-from qaic_assets.defs.metadata import resolve
-from qaic_assets.defs.resources import ArtifactStore, Toolchain
-from qaic_assets.defs.sdk_checks import FITS_TARGET
+from qaic_assets.orchestration import build_definitions
+from qaic_assets.orchestration.jobs import SOURCES_JOB, matrix_jobs
+from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
+from qaic_assets.orchestration.metadata import resolve
+from qaic_assets.orchestration.resources import ArtifactStore, Toolchain
+from qaic_assets.orchestration.sdk_checks import FITS_TARGET
 from qaic_assets.settings import DEFAULT_CONFIG, load_settings
 
 
@@ -92,7 +92,7 @@ def test_run_with_only_the_partition_tag(tiny_project):
 
 
 def test_partition_run_tags_use_the_public_tag_names():
-    from qaic_assets.defs.jobs import partition_run_tags
+    from qaic_assets.orchestration.jobs import partition_run_tags
 
     assert partition_run_tags("bs8|offline-nsp14") == {
         "dagster/partition": "bs8|offline-nsp14", "dagster/partition/batch": "bs8",
@@ -163,7 +163,7 @@ def test_assets_carry_owners_tags_and_code_references():
     assert specs["bert-99/calibration_profile"].tags["recipe"] == "bert-99"
     for key in ("digits/compiled_binary", "digits/calibration_profile", "digits/source_model", "qaic_sdk"):
         refs = specs[key].metadata["dagster/code_references"].code_references
-        assert refs and all(r.file_path.endswith(".py") and "/qaic_assets/defs/" in r.file_path for r in refs), key
+        assert refs and all(r.file_path.endswith(".py") and "/qaic_assets/orchestration/" in r.file_path for r in refs), key
     mine = settings.model_copy(update={"models": {**settings.models, "digits": settings.model("digits").model_copy(
         update={"owners": ["someone@example.com"]})}})
     assert {s.key.to_user_string(): s for s in build_definitions(mine).resolve_all_asset_specs()}[
@@ -172,7 +172,7 @@ def test_assets_carry_owners_tags_and_code_references():
 
 def test_only_transient_build_failures_may_be_retried():
     from qaic_assets.builder.service import BuildError
-    from qaic_assets.defs.build_step import as_failure
+    from qaic_assets.orchestration.build_step import as_failure
 
     with pytest.raises(dg.Failure) as failed, as_failure():
         raise BuildError("qaic-exec failed: exit code 3")

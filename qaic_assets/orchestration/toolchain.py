@@ -26,10 +26,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from qaic_assets.defs.beta import our_beta_apis
-from qaic_assets.defs.executor import compile_op_tags
-from qaic_assets.defs.keys import SDK_KEY
-from qaic_assets.defs.resources import Toolchain
+from qaic_assets.orchestration.beta import our_beta_apis
+from qaic_assets.orchestration.executor import compile_op_tags
+from qaic_assets.orchestration.keys import SDK_KEY
+from qaic_assets.orchestration.resources import Toolchain
 from qaic_assets.qaic.sdk import (
     NOT_INSTALLED,
     SdkError,

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from qaic_assets.builder.accuracy import evaluate, threshold
-from qaic_assets.defs.keys import ACCURACY_CHECK_NAME
+from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME
 from qaic_assets.settings import Settings
 
 

@@ -18,7 +18,7 @@ import dagster as dg
 #: Raised by Dagster 1.13's own code, not ours: resolving an observable source asset reads
 #: `OpDefinition.version` (dagster/_core/definitions/external_asset.py). The only public alternative,
 #: `multi_observable_source_asset`, takes no op tags, which route the SDK observation to the compile
-#: hosts' queue (defs/executor.py).
+#: hosts' queue (orchestration/executor.py).
 DAGSTER_OWN_DEPRECATION = r"Property `OpDefinition.version` is deprecated"
 
 

@@ -16,13 +16,13 @@ import pytest
 
 from fake_sdk import read_calls, set_fake_sdk_version
 from helpers import latest
-from qaic_assets.defs import build_definitions, toolchain
-from qaic_assets.defs.keys import AUTOMATION_TAG
-from qaic_assets.defs.automation import CONDITION_LABEL, OBSERVE_SCHEDULE_NAME, SENSOR_NAME
-from qaic_assets.defs.jobs import OBSERVE_JOB
-from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
-from qaic_assets.defs.resources import Toolchain
-from qaic_assets.defs.toolchain import SDK_NOT_FOUND
+from qaic_assets.orchestration import build_definitions, toolchain
+from qaic_assets.orchestration.keys import AUTOMATION_TAG
+from qaic_assets.orchestration.automation import CONDITION_LABEL, OBSERVE_SCHEDULE_NAME, SENSOR_NAME
+from qaic_assets.orchestration.jobs import OBSERVE_JOB
+from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.resources import Toolchain
+from qaic_assets.orchestration.toolchain import SDK_NOT_FOUND
 from qaic_assets.qaic import recipes
 from qaic_assets.settings import Nightly
 

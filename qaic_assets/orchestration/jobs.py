@@ -8,8 +8,8 @@ from collections import defaultdict
 
 import dagster as dg
 
-from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
-from qaic_assets.defs.percentile import choice_key
+from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.percentile import choice_key
 from qaic_assets.keys import SEPARATOR, BinaryPartition
 from qaic_assets.settings import Settings
 

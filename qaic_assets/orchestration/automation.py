@@ -2,7 +2,7 @@
 
 * `qaic_sdk` is observed by the schedule `observe_qaic_sdk_schedule` (cron `sdk_observe_cron`,
   default every 15 minutes, running by default) on a compile host; its data version is the compiler
-  version (defs/toolchain.py).
+  version (orchestration/toolchain.py).
 * The stock automation sensor `qaic_automation` (running by default, evaluated in the code server
   because one operand is project code) evaluates one condition on every `calibration_profile` and
   `compiled_binary` partition, composed from Dagster's public conditions:
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from qaic_assets.defs.keys import AUTOMATION_TAG, profile_key
-from qaic_assets.defs.toolchain import observed_available
+from qaic_assets.orchestration.keys import AUTOMATION_TAG, profile_key
+from qaic_assets.orchestration.toolchain import observed_available
 from qaic_assets.settings import Settings
 
 SENSOR_NAME = "qaic_automation"

@@ -1,4 +1,4 @@
-"""Up to date before launching a run (defs/up_to_date.py): decided from the manifests' stat keys and
+"""Up to date before launching a run (orchestration/up_to_date.py): decided from the manifests' stat keys and
 the instance's records, so a changed input, output, record or code version is never called fresh."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 
 import dagster as dg
 
-from qaic_assets.defs.up_to_date import UpToDate, Step
-from qaic_assets.defs.keys import SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.up_to_date import UpToDate, Step
+from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key, source_key
 
 
 def test_fresh_only_while_files_records_and_code_agree(tiny_project):

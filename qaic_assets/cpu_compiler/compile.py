@@ -1,9 +1,8 @@
 """Compile for the CPU reference compiler: qaic-exec's compile contract on ONNX Runtime.
 
 With ``-load-profile`` the output ``<aic-binary-dir>/programqpc.onnx`` is a real int8 QDQ ONNX model
-quantized with ONNX Runtime's public ``quantize_static`` fed the ranges FROM THE PROFILE (``TensorsData``
-built from it, handed over as its calibration cache: ``save_tensors_data`` + ``calibration_cache_path``,
-onnxruntime >= 1.27; nothing is re-calibrated). Without a profile it is the fp32 model, or fp16 with
+quantized with ONNX Runtime's ``QDQQuantizer`` fed the ranges FROM THE PROFILE (``TensorsData`` built
+from it; nothing is re-calibrated). Without a profile it is the fp32 model, or fp16 with
 ``-convert-to-fp16`` (``onnxruntime.transformers.float16``, graph inputs/outputs kept fp32 so the same
 raw files feed it). Dims are fixed by ``-batchsize`` / ``-onnx-define-symbol`` and the graph is pruned
 to ``-output-node-name`` in every case. ``qaic-exec-cpu.json`` beside it records what was done.
@@ -45,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -65,8 +63,6 @@ from qaic_assets.cpu_compiler.ranges import match_profile, profile_ranges
 BINARY_FILE = "programqpc.onnx"
 INFO_FILE = "qaic-exec-cpu.json"
 DEFAULT_SCHEMA = "symmetric_with_uint8"
-#: A larger ModelProto cannot be serialized in one piece (protobuf): its weights go to a .data file.
-_PROTOBUF_LIMIT = 2**31 - 1024
 
 
 # --------------------------------------------------------------------------------------- settings
@@ -126,17 +122,15 @@ def _quiet_ort_logging():
 
 def quantize(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], s: QuantSettings,
              log: Callable[[str], None] = lambda m: None) -> tuple[onnx.ModelProto, dict]:
-    """QDQ-quantize ``model`` (dims fixed, shape-inferred, owned: modified) with the given ranges:
-    ``quantize_static`` reads them as its calibration cache, so it runs no calibration (no data reader)."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        TensorData,
-        TensorsData,
-        quantize_static,
-        save_tensors_data,
-    )
+    """QDQ-quantize ``model`` (dims fixed, shape-inferred, owned: modified) with the given ranges.
+
+    ONNX Runtime's ``QDQQuantizer`` (exported, undocumented), by keyword: ``quantize_static`` can take the
+    ranges (as a calibration cache) but saves the model and runs shape inference on the file again,
+    which cost 20 % more time and twice the memory on the RetinaNet stand-in for the same graph
+    (docs/BENCHMARKS.md). pyproject.toml pins the tested onnxruntime series;
+    tests/cpu_compiler/test_ort_pin.py fails on another one."""
+    from onnxruntime.quantization import CalibrationMethod, QDQQuantizer, QuantType, TensorData, TensorsData
+    from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     wide = s.precision == "Int16"
@@ -172,16 +166,15 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], 
         "QuantizeBias": True,
         "TensorQuantOverrides": overrides,
     }
-    with tempfile.TemporaryDirectory(prefix="qaic-exec-cpu.") as tmp, _quiet_ort_logging():
-        cache, out = Path(tmp) / "ranges.json", Path(tmp) / "quantized.onnx"
-        save_tensors_data(tensors, cache)
+    with _quiet_ort_logging():
+        model = update_opset_version(model, weight_type, act_type, tensor_quant_overrides=overrides)
+        add_infer_metadata(model)  # value_info is complete (fix_dims): skip ORT's save/reload inference
+        quantizer = QDQQuantizer(model=model, per_channel=s.per_channel, reduce_range=False,
+                                 weight_qType=weight_type, activation_qType=act_type, tensors_range=tensors,
+                                 nodes_to_quantize=[], nodes_to_exclude=exclude, op_types_to_quantize=op_types,
+                                 extra_options=extra)
         try:
-            quantize_static(model, out, None, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
-                            per_channel=s.per_channel, reduce_range=False, activation_type=act_type,
-                            weight_type=weight_type, nodes_to_exclude=exclude,
-                            use_external_data_format=model.ByteSize() >= _PROTOBUF_LIMIT,
-                            calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                            calibration_cache_path=cache)
+            qmodel = quantizer.quantize_model()
         except ValueError as exc:
             msg = str(exc)
             if "Quantization parameters are not specified" in msg:
@@ -191,7 +184,6 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], 
                     "-output-node-name, -batchsize, symbols) or keep its consumers in float"
                 ) from None
             raise
-        qmodel = onnx.load(str(out))  # with its .data file, if any, before the directory goes
     counts = _qdq_counts(qmodel)
     info = {
         "activation_type": act_type.name,
@@ -318,7 +310,7 @@ def compile_model(
     from onnxruntime.quantization.onnx_model import ONNXModel
 
     ONNXModel(model).topological_sort()  # QDQ nodes are appended last; ONNX requires producers first
-    if model.ByteSize() >= _PROTOBUF_LIMIT:  # weights go to programqpc.onnx.data
+    if model.ByteSize() >= 2**31 - 1024:  # protobuf limit: weights go to programqpc.onnx.data
         onnx.save(model, str(out), save_as_external_data=True, location=BINARY_FILE + ".data")
     else:
         onnx.save(model, str(out))

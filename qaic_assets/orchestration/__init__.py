@@ -1,8 +1,9 @@
 """The Dagster layer: the only package that imports dagster. It adapts the build service to assets,
 checks, automation, jobs and the executor; `build_definitions(settings)` assembles them.
 
-The asset graph (assets, checks, partitions, conditions) depends on the settings only, never on the
-host that loads it; the host-specific parts (the compiler, the storage root) are resources."""
+The asset graph (assets, checks, partitions, conditions) depends on the settings and the toolchain
+bound when the definitions are built, never on the host that loads it; the host-specific parts (the
+SDK root, the storage root) are resources."""
 
 from __future__ import annotations
 

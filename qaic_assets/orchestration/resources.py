@@ -2,8 +2,10 @@
 
 Their defaults come from the settings (the config file, `QAIC_SDK_ROOT`, `QAIC_ASSETS_STORAGE_ROOT`);
 a deployment can bind them per environment (for example `Toolchain(sdk_root=dg.EnvVar(...))`), the
-launchpad shows them, and tests pass other instances instead of setting environment variables. They
-change where a build runs and stores, never the asset graph: the graph depends on the settings only.
+launchpad shows them, and tests pass other instances instead of setting environment variables.
+`sdk_root` and the store change where a build runs and writes; the backend is read once, when the
+definitions are built, by the graph (kinds, checks) and the builds alike (graph_settings), and a run
+asking for another one is refused (effective_settings).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from qaic_assets.qaic import recipes
 from qaic_assets.settings import MAX_BATCH, ConfigError, load_settings
 from qaic_assets.builder.plan import plan_target
 from qaic_assets.keys import BinaryPartition
+from qaic_assets.qaic.flags import describe_unknown
 from qaic_assets.qaic.sdk import SdkError, settings_backend
 
 
@@ -73,16 +74,22 @@ def _dagster_home() -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_settings(args.config)
     models = _choose("model", _csv(args.model, "--model"), config.model_names)
-    scenarios = _choose("scenario", _csv(args.scenario, "--scenario"), recipes.valid_scenarios())
-    nsps = _choose("nsp", _csv(args.nsp, "--nsp"), recipes.valid_nsp(), convert=int)
-    batches = _positive_ints("batch", _csv(args.batch, "--batch"), MAX_BATCH)
+    configured_nsp = {n for m in models for n in config.matrix_of(m).nsp}
+    # not given: each model's own matrix
+    scenarios = args.scenario is not None and _choose("scenario", _csv(args.scenario, "--scenario"), recipes.valid_scenarios())
+    nsps = args.nsp is not None and _choose("nsp", _csv(args.nsp, "--nsp"), sorted(set(recipes.valid_nsp()) | configured_nsp),
+                                convert=int)
+    batches = args.batch is not None and _positive_ints("batch", _csv(args.batch, "--batch"), MAX_BATCH)
     _percentile(args.percentile)
     backend = settings_backend(config, require=False)
     calibrator = settings_backend(config, calibrate=True, require=False)
     plans = [
         plan_target(config, backend, m, s, n, b, calibrate_backend=calibrator,
                     quantize=False if args.no_quantize else None, percentile=args.percentile)
-        for m in models for s in scenarios for n in nsps for b in batches
+        for m in models
+        for s in (scenarios or config.matrix_of(m).scenarios)
+        for n in (nsps or config.matrix_of(m).nsp)
+        for b in (batches or config.matrix_of(m).batch)
     ]
     if args.json:
         json.dump([p.to_json() for p in plans], sys.stdout, indent=2)
@@ -102,6 +109,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 print(f"(cd {shlex.quote(str(command.cwd))} && {shlex.join(command.argv)})")
         for missing in p.missing:
             print(f"#   missing input: {missing}")
+        if p.unchecked:
+            print(f"#   passed through unchecked (not in the flag table): {describe_unknown(p.unchecked)}")
     return 0
 
 
@@ -158,6 +167,30 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from qaic_assets.qaic.import_command import CommandImportError, config_from_command
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise UsageError("paste the compiler's command after `--`: qaic-assets import-command -- qaic-exec -m=... ...")
+    name = args.model or "model"
+    try:
+        config = config_from_command(command, model=name, cwd=Path.cwd(), scenario=args.scenario)
+    except (CommandImportError, ValueError) as exc:
+        raise CommandError(f"cannot import this command: {exc}") from None
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise CommandError(f"{out} exists: choose another --output, or --force to replace it")
+    out.write_text("# made by: qaic-assets import-command -- " + shlex.join(command) + "\n"
+                   + yaml.safe_dump(config, sort_keys=False, width=120))
+    load_settings(out)  # the file is a valid config (else the ConfigError names the field)
+    print(f"wrote {out}: model {name!r}, recipe {name!r}, matrix {config['matrix']}")
+    print(f"next: qaic-assets --config {shlex.quote(str(out))} plan --model {shlex.quote(name)} --json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qaic-assets", description=__doc__)
     parser.add_argument("--config", help="config YAML (default: $QAIC_ASSETS_CONFIG or the packaged default)")
@@ -165,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print the exact commands a materialization would run (dry run)")
     plan.add_argument("--model", required=True, help="model name(s), comma-separated")
-    plan.add_argument("--scenario", default="singlestream", help="offline,server,singlestream,multistream")
-    plan.add_argument("--nsp", default="14", help="NSP count(s), comma-separated")
-    plan.add_argument("--batch", default="1", help="batch size(s), comma-separated")
+    plan.add_argument("--scenario", help="offline,server,singlestream,multistream (default: the model's matrix)")
+    plan.add_argument("--nsp", help="NSP count(s), comma-separated (default: the model's matrix)")
+    plan.add_argument("--batch", help="batch size(s), comma-separated (default: the model's matrix)")
     plan.add_argument("--no-quantize", action="store_true", help="fp16 compile, no calibration")
     plan.add_argument("--percentile", type=float, help="percentile calibration value, e.g. 99.99")
     plan.add_argument("--json", action="store_true", help="print a JSON list, one object per target")
@@ -184,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--partition", required=True, help="compiled_binary partition, e.g. 'bs8|offline-nsp14'")
     reg.add_argument("--from", dest="source", required=True, help="directory holding the prebuilt binary")
     reg.set_defaults(func=cmd_register)
+
+    imp = sub.add_parser("import-command", help="a pasted qaic-exec / qaic-compile command line as a config file")
+    imp.add_argument("--model", help="the model's name in the config (default: model)")
+    imp.add_argument("--output", default="qaic.yaml", help="the config file to write (default: qaic.yaml)")
+    imp.add_argument("--scenario", default="offline", choices=recipes.valid_scenarios(),
+                     help="the matrix's scenario (default: offline)")
+    imp.add_argument("--force", action="store_true", help="replace --output if it exists")
+    imp.add_argument("command_line", nargs=argparse.REMAINDER, help="-- <qaic-exec|qaic-compile> <args...>")
+    imp.set_defaults(func=cmd_import_command)
     return parser
 
 

@@ -162,7 +162,7 @@ def plan_runs(config: Settings) -> list[PlannedRun]:
         groups.setdefault(jobs, []).append(model)
     for (calib_job, compile_job), models in groups.items():
         matrix = config.matrix_of(models[0])
-        quantized = [m for m in models if config.model(m).quantize]
+        quantized = [m for m in models if config.model(m).calibrates]
         calibration: dict[str, int] = {}
         if quantized:
             for b in matrix.batch_keys:

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from qaic_assets.keys import BinaryPartition, batch_key, target_key
+from qaic_assets.keys import SCENARIOS, BinaryPartition, batch_key, target_key
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 STANDIN_KINDS = ("resnet50", "retinanet", "bert-99")
@@ -91,6 +91,9 @@ class Calibration(_Strict):
     list: ConfigPath | None = None
     first: PositiveInt | None = None
     filter_size: PositiveInt | None = None
+    # quantize in the compile itself (the SDK's one-step quantization: -input-list-file in the compile,
+    # no profile): no calibration_profile asset; the compile gets the batched list
+    one_step: bool = False
 
 
 class Heldout(_Strict):
@@ -171,12 +174,28 @@ class ModelConfig(_Strict):
     percentile_candidates: list[Annotated[float, Field(ge=90, le=100)]] = Field(
         default_factory=lambda: list(DEFAULT_PERCENTILE_CANDIDATES), min_length=1)
     harness: Harness = Field(default_factory=Harness)  # used by the retinanet recipe
+    # a profile dumped elsewhere (qaic-exec -dump-profile on a card host): compiled with -load-profile of
+    # this file; no calibration here (no calibration_profile asset)
+    profile: ConfigPath | None = None
     owners: list[Owner] | None = None  # None: the project's `owners`
     accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
-    # compiler flags appended to every compile of this model (after the recipe's, before -batchsize),
-    # one argv item each (`-name` or `-name=value`; never split, never through a shell); checked against
-    # the SDK's grammar (qaic/flag_table.py) when the config is loaded; input files made absolute
+    # compiler flags appended to every compile of this model (after the recipe's, before the batch flags):
+    # a list, or one string as pasted from a shell (split as a shell splits it, never run through one);
+    # argument shapes normalized as the SDK's parser reads them (qaic/flags.normalize_args); checked
+    # against the SDK's grammar (qaic/flag_table.py) when the config is loaded; input files made absolute
     extra_flags: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_flags", mode="before")
+    @classmethod
+    def _normalize_flags(cls, flags: object) -> object:
+        from qaic_assets.qaic.flags import normalize_args
+
+        if isinstance(flags, str) or (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            try:
+                return normalize_args(flags)
+            except ValueError as exc:  # shlex: an unclosed quote
+                raise ValueError(f"cannot split {flags!r} as a shell would: {exc}") from None
+        return flags
 
     @field_validator("extra_flags")
     @classmethod
@@ -189,10 +208,17 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _calibration_source(self) -> ModelConfig:
-        if self.quantize and self.source.standin is None and (
+        if self.quantize and self.source.standin is None and self.profile is None and (
             self.calibration is None or self.calibration.list is None
         ):
-            raise ValueError("a quantized model needs calibration.list (a list of raw input files)")
+            raise ValueError("a quantized model needs calibration.list (a list of raw input files) or `profile:` "
+                             "(a profile dumped elsewhere)")
+        if self.profile is not None and (not self.quantize or (self.calibration and self.calibration.list)):
+            raise ValueError("profile: compiles with that profile: it needs quantize: true and no calibration.list "
+                             "(remove one of them)")
+        if self.percentile == "sweep" and not self.calibrates:
+            raise ValueError("percentile: sweep compares candidates from a calibration_profile: it needs "
+                             "quantize: true, calibration.list, and no `profile:` or calibration.one_step")
         if self.percentile == "sweep" and not self.quantize:
             raise ValueError("percentile: sweep needs quantize: true (the sweep compiles int8 candidates)")
         if self.percentile == "sweep" and self.heldout is None and self.source.standin is None:
@@ -209,6 +235,15 @@ class ModelConfig(_Strict):
     def sweeps_percentile(self) -> bool:
         return self.percentile == "sweep"
 
+    @property
+    def calibrates(self) -> bool:
+        """Quantized with a calibration_profile of its own (not a given profile, not one-step)."""
+        return self.quantize and self.profile is None and not self.one_step
+
+    @property
+    def one_step(self) -> bool:
+        return self.quantize and self.calibration is not None and self.calibration.one_step
+
 
 class ThroughputCheck(_Strict):
     """The `throughput` asset check: qaic-runner on a card after each SDK compile (off by default)."""
@@ -223,6 +258,24 @@ class ThroughputCheck(_Strict):
 class Nightly(_Strict):
     enabled: bool = False
     cron: str = "0 3 * * *"
+
+
+class CompileVariation(_Strict):
+    """One entry of a recipe's compile table (qaic/recipes.yaml's schema): flag strings with placeholders."""
+
+    params_base: str | None = None
+    args: str | None = None
+    args_sut: str | None = None
+    batch: str | None = None  # how the batch reaches the compiler; base entry only; None: -batchsize={batch}
+    unquantized: str | None = None  # a compile without a profile adds these; base entry only; None: -convert-to-fp16
+
+
+class Recipes(_Strict):
+    """The config's own recipes, in the packaged table's schema: `compile` keyed `recipe[,scenario][,nsp.N]`,
+    `calibrate` keyed by recipe. An entry replaces the packaged entry of the same key."""
+
+    compile: dict[str, CompileVariation] = Field(default_factory=dict)
+    calibrate: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(_Strict):
@@ -241,6 +294,10 @@ class Settings(_Strict):
     sdk_observe_cron: str = "*/15 * * * *"
     nightly: Nightly = Nightly()
     owners: list[Owner] = Field(default_factory=list)  # shown on every asset in the UI; a model may override
+    # false: a flag the SDK grammar table does not know is passed to the SDK compiler unchecked, with a
+    # warning in the materialization's metadata; true: refused at config load
+    strict_flags: bool = False
+    recipes: Recipes = Field(default_factory=Recipes)  # added to the packaged qaic/recipes.yaml
     source_file: Path | None = None
 
     @field_validator("models")
@@ -254,11 +311,19 @@ class Settings(_Strict):
                 )
         return models
 
+    @property
+    def recipe_table(self) -> dict:
+        """The packaged recipe table with the config's `recipes:` on top (qaic/recipes.merged_table)."""
+        from qaic_assets.qaic.recipes import merged_table
+
+        return merged_table(self.recipes.model_dump(exclude_none=True))
+
     @model_validator(mode="after")
     def _recipes_known(self) -> Settings:
         from qaic_assets.qaic.recipes import recipe_names
 
-        known = recipe_names()
+        _check_recipes(self.recipes, strict=self.strict_flags)
+        known = recipe_names(self.recipe_table)
         for name, model in self.models.items():
             recipe = model.recipe or name
             if recipe not in known:
@@ -267,7 +332,8 @@ class Settings(_Strict):
                 )
             if recipe == "retinanet" and model.node_precision is None and model.source.standin is None:
                 raise ValueError(f"model {name!r} uses the retinanet recipe and needs node_precision")
-            _check_extra_flags(name, model.extra_flags, model.quantize)
+            _check_extra_flags(name, model.extra_flags, model.quantize, strict=self.strict_flags,
+                               loads_profile=model.quantize and not model.one_step)
             if isinstance(model.percentile, (int, float)) and not 90 <= model.percentile <= 100:
                 raise ValueError(f"model {name!r}: percentile {model.percentile} is outside 90-100, the range the "
                                  "SDK documents for -percentile-calibration-value: fix `percentile:`")
@@ -293,19 +359,76 @@ class Settings(_Strict):
 
 # Flags the plan sets itself (inputs, outputs, batch, precision mode): extra_flags may not override them,
 # so no config can redirect an output (-aic-binary-dir) or swap an input behind the recorded argv.
-RESERVED_COMPILE_FLAGS = ("model", "load-profile", "aic-binary-dir", "batchsize", "convert-to-fp16")
+RESERVED_COMPILE_FLAGS = ("model", "load-profile", "aic-binary-dir", "batchsize")
 
 
-def _check_extra_flags(model: str, flags: list[str], quantize: bool) -> None:
+_SCENARIO_OR_NSP = re.compile(r"^(offline|server|singlestream|multistream|nsp\.[0-9]+)$")
+
+
+def _check_recipes(recipes: Recipes, *, strict: bool) -> None:
+    """The config's recipes: keys like the packaged table's, known placeholders, flags in the SDK's grammar,
+    no flag the command sets itself, and a `batch` that names {batch} (or is empty: not passed at all)."""
+    from qaic_assets.qaic.flags import FlagError, normalize_args, parse_argv, split_arg
+    from qaic_assets.qaic.recipes import PLACEHOLDERS, recipe_names
+
+    values = {name: 1 for name in PLACEHOLDERS}
+    bases = set(recipe_names()) | {k for k in recipes.compile if "," not in k}
+    texts = [(f"recipes.calibrate.{k}", v) for k, v in recipes.calibrate.items()]
+    for key, entry in recipes.compile.items():
+        recipe, *parts = key.split(",")
+        bad = [p for p in parts if not _SCENARIO_OR_NSP.fullmatch(p)]
+        if bad or recipe not in bases:
+            raise ValueError(f"recipes.compile.{key}: a key is `recipe[,scenario][,nsp.N]` of a recipe with a base "
+                             f"entry (scenarios {', '.join(SCENARIOS)}); fix {', '.join(bad) or recipe!r}")
+        if (entry.batch is not None or entry.unquantized is not None) and parts:
+            raise ValueError(f"recipes.compile.{key}: `batch` and `unquantized` belong on the recipe's base entry "
+                             f"({recipe})")
+        if entry.batch and "{batch}" not in entry.batch:
+            raise ValueError(f"recipes.compile.{key}: batch {entry.batch!r} does not pass the batch size: write "
+                             "-batchsize={batch}, -onnx-define-symbol=<symbol>,{batch}, or \"\" for none")
+        texts += [(f"recipes.compile.{key}.{f}", getattr(entry, f)) for f in ("params_base", "args", "args_sut",
+                                                                             "batch", "unquantized")
+                  if getattr(entry, f)]
+    for where, text in texts:
+        try:
+            argv = [token.format(**values) for token in normalize_args(text)]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{where}: {text!r}: unknown placeholder or quote {exc} (placeholders: "
+                             f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)})") from None
+        try:
+            parse_argv(argv, strict=strict)
+        except FlagError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        own = [a for a in argv if split_arg(a)[0] in RESERVED_COMPILE_FLAGS and not (
+            where.endswith(".batch") and split_arg(a)[0] == "batchsize")]
+        if own:
+            raise ValueError(f"{where}: {' '.join(own)}: the command sets it itself; remove it")
+
+
+#: flags that only mean something for an int8 compile: with `quantize: false` they contradict it
+QUANTIZATION_FLAGS = ("quantization-schema", "quantization-schema-activations", "quantization-schema-constants",
+                      "quantization-precision", "quantization-precision-bias", "quantization-calibration",
+                      "percentile-calibration-value", "enable-channelwise", "convert-to-quantize")
+
+
+def _check_extra_flags(model: str, flags: list[str], quantize: bool, *, strict: bool = False,
+                       loads_profile: bool = False) -> None:
     from qaic_assets.qaic.flags import ALIASES, FLAGS, FlagError, check_mode, check_output_paths, parse_argv, split_arg
 
     try:
-        parsed = parse_argv(flags)
-        if quantize and "convert-to-quantize" in parsed:  # a quantized compile loads its profile
-            check_mode(parse_argv([*flags, "-load-profile=profile.yaml"]), calibrate=False)
+        parsed = parse_argv(flags, strict=strict)
+        if loads_profile and "convert-to-quantize" in parsed:  # a quantized compile loads its profile
+            check_mode(parse_argv([*flags, "-load-profile=profile.yaml"], strict=False), calibrate=False)
     except FlagError as exc:
-        raise ValueError(f"model {model!r}: extra_flags: {exc}") from None
+        fix = " (or set `strict_flags: false` to pass flags the table does not know)" if strict and \
+            "unknown flag" in str(exc) else ""
+        raise ValueError(f"model {model!r}: extra_flags: {exc}{fix}") from None
+    if not quantize and (asked := [f"-{n}" for n in QUANTIZATION_FLAGS if n in parsed]):
+        raise ValueError(f"model {model!r}: `quantize: false` compiles in fp16 (-convert-to-fp16), but extra_flags "
+                         f"ask for quantization: {', '.join(asked)}; remove them or set `quantize: true`")
     for arg in flags:
+        if arg in parsed.unknown:
+            continue
         name, _ = split_arg(arg)
         written = arg[1:].partition("=")[0]
         alias = f" (alias of -{name})" if written in ALIASES else ""

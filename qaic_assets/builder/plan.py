@@ -17,7 +17,7 @@ from qaic_assets.qaic.commands import (
     compile_argv,
     placeholders,
 )
-from qaic_assets.qaic.flags import file_flags
+from qaic_assets.qaic.flags import file_flags, unknown_flags
 from qaic_assets.qaic.sdk import Backend
 from qaic_assets.keys import BinaryPartition
 from qaic_assets.settings import Settings
@@ -36,6 +36,11 @@ class TargetPlan:
     missing: list[str] = field(default_factory=list)
 
     @property
+    def unchecked(self) -> list[str]:
+        """Compile flags the flag table does not know: passed to the SDK compiler as written."""
+        return unknown_flags(self.compile.argv[1:])
+
+    @property
     def partition_key(self) -> str:
         return BinaryPartition(self.batch, self.scenario, self.nsp).key
 
@@ -46,6 +51,7 @@ class TargetPlan:
             "compile": self.compile.to_json(),
             "calibrate": self.calibrate.to_json() if self.calibrate else None,
             "missing_inputs": self.missing,
+            "unchecked_flags": self.unchecked,
         }
 
 
@@ -56,7 +62,7 @@ SWEEP_PLACEHOLDER = "<chosen-by-{model}/percentile_choice-bs{batch}>"
 def calibrate_command(config: Settings, backend: Backend, model: str, batch: int) -> Command:
     inputs = model_inputs(config, model)
     values = placeholders(batch, config.profiling_threads, inputs.node_precision)
-    argv = calibrate_argv(backend, config.recipe_of(model), batch, inputs.model, values)
+    argv = calibrate_argv(backend, config.recipe_of(model), batch, inputs.model, values, config.recipe_table)
     return Command(argv=argv, cwd=calibration_dir(config, model, batch), output=PROFILE_FILE)
 
 
@@ -72,9 +78,12 @@ def compile_command(
         percentile = SWEEP_PLACEHOLDER.format(model=model, batch=batch)
     inputs = model_inputs(config, model)
     values = placeholders(batch, config.profiling_threads, inputs.node_precision)
-    profile = calibration_dir(config, model, batch) / PROFILE_FILE if quantize else None
+    profile = None
+    if quantize:  # the model's own calibration_profile, or the profile it was given
+        profile = cfg.profile if cfg.profile is not None else calibration_dir(config, model, batch) / PROFILE_FILE
+    one_step = quantize and cfg.one_step
     argv = compile_argv(backend, config.recipe_of(model), scenario, nsp, batch, inputs.model, profile,
-                        cfg.extra_flags, percentile, values)
+                        cfg.extra_flags, percentile, values, config.recipe_table, one_step=one_step)
     return Command(argv=argv, cwd=compile_dir(config, model, partition), output=binary_output(backend))
 
 
@@ -83,7 +92,8 @@ def plan_target(
     *, quantize: bool | None = None, percentile: float | None = None, calibrate_backend: Backend | None = None,
 ) -> TargetPlan:
     """`calibrate_backend`: the calibrating compiler when it differs (`calibration_compiler`)."""
-    quantize = config.model(model).quantize if quantize is None else quantize
+    cfg = config.model(model)
+    quantize = cfg.quantize if quantize is None else quantize
     inputs = model_inputs(config, model)
     return TargetPlan(
         model=model,
@@ -94,7 +104,8 @@ def plan_target(
         backend=backend.name,
         compile=compile_command(config, backend, model, BinaryPartition(batch, scenario, nsp),
                                 quantize=quantize, percentile=percentile),
-        calibrate=calibrate_command(config, calibrate_backend or backend, model, batch) if quantize else None,
+        calibrate=calibrate_command(config, calibrate_backend or backend, model, batch)
+        if quantize and cfg.calibrates else None,
         missing=inputs.missing() + [f"-{name} file {value}" for name, value
                                     in file_flags(config.model(model).extra_flags) if not Path(value).exists()],
     )

@@ -36,11 +36,12 @@ from qaic_assets.builder.process import TERM_GRACE_S, CompilerError, RunResult, 
 from qaic_assets.builder.sources import SourceError, SourceModel, ensure_source
 from qaic_assets.builder.reuse import applied_key, find_same_build, input_stats, link_build, stat_key
 from qaic_assets.builder.store import calibration_dir, choice_path, compile_dir, model_inputs
-from qaic_assets.hashing import sha256_file
+from qaic_assets.hashing import sha256_bytes, sha256_file
 from qaic_assets.builder.safe_copy import UnsafeSource, check_tree, copy_checked
 from qaic_assets.qaic.commands import BATCHED_LIST_FILE, BINARY_DIR, PROFILE_FILE, Command
 from qaic_assets.qaic.flags import file_flags
 from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_sha256
+from qaic_assets.qaic.formats.compile_files import READERS as COMPILE_FILE_READERS, CompileFileError
 from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
 from qaic_assets.qaic.sdk import Backend, SdkError, settings_backend
@@ -191,7 +192,11 @@ _KEYED_ELSEWHERE = ("model", "load-profile", "input-list-file")
 def flag_files(config: Settings, model: str, command: Command) -> dict:
     """Every other file a flag of the command names (-node-precision-info, -custom-IO-list-file,
     -mdp-load-partition-config, -external-quantization-file, ...): it must exist (checked before anything
-    is written) and its sha256 is an input of the cache key, so editing it rebuilds."""
+    is written) and its sha256 is an input of the cache key, so editing it rebuilds. The files of
+    -network-specialization-config, -custom-IO-list-file and -mdp-load-partition-config are also read
+    and validated (qaic/formats/compile_files.py): a malformed one is a BuildError naming the file, the
+    field and where the flag is set; their entry gets the reader's `summary`, derived from the same bytes
+    as the sha256 (so the same bytes give the same cache key)."""
     node_precision = model_inputs(config, model).node_precision
     files = {}
     for name, value in file_flags(command.argv[1:]):
@@ -204,7 +209,19 @@ def flag_files(config: Settings, model: str, command: Command) -> dict:
             what = f"-{name} file"
             fix = f"fix -{name} in models.{model}.extra_flags of {config.source_file} (relative to that file)"
         require(path, what, fix)
-        files[f"-{name}"] = {"path": str(path), "sha256": sha256_file(path)}
+        reader = COMPILE_FILE_READERS.get(name)
+        if reader is None:
+            files[f"-{name}"] = {"path": str(path), "sha256": sha256_file(path)}
+            continue
+        try:
+            data = path.read_bytes()  # hashed and read once: the summary is of the bytes the sha256 names
+            summary = reader(path, data).summary()
+        except OSError as exc:
+            raise BuildError(f"{what} {path} cannot be read ({exc.strerror or exc}): {fix}") from exc
+        except CompileFileError as exc:
+            raise BuildError(f"-{name} file {exc} (-{name} is set in models.{model}.extra_flags of "
+                             f"{config.source_file})") from exc
+        files[f"-{name}"] = {"path": str(path), "sha256": sha256_bytes(data), "summary": summary}
     return files
 
 
@@ -340,19 +357,10 @@ def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str =
     cfg = config.model(model)
     compiler = backend(config, calibrate=True)
     command = calibrate_command(config, compiler, model, batch)
-    list_file = model_inputs(config, model).calibration_list
     src = source(config, model)
-    require(list_file, "calibration list", f"fix models.{model}.calibration.list")
     files = flag_files(config, model, command)
-    subset = {"input_sizes": sample_sizes(src.description, command.argv),
-              "first": cfg.calibration.first if cfg.calibration else None,
-              "filter_size": cfg.calibration.filter_size if cfg.calibration else None}
-    try:
-        selection = selection_sha256(list_file, **subset)
-    except ValueError as exc:
-        raise BuildError(str(exc)) from exc
-    inputs = {"model": {"path": str(src.path), "sha256": src.sha256},
-              "calibration": {"list": str(list_file), "sha256": selection}}
+    calibration = _calibration_set(config, model, batch, src, command)
+    inputs = {"model": {"path": str(src.path), "sha256": src.sha256}, "calibration": calibration.input}
     with_harness = config.recipe_of(model) == harness.RECIPE
     if with_harness:  # the names are an input of the harness parameters written beside the profile
         inputs["harness_names"] = cfg.harness.model_dump(mode="json")
@@ -360,14 +368,12 @@ def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str =
         inputs["files"] = files
     extra: dict = {}
 
-    def prepare(tmp: Path) -> dict:
-        batched = prepare_batched_inputs(list_file, batch, tmp, **subset)
-        extra.update(samples=batched.n_samples, batches=batched.n_batches)
+    def prepare(tmp: Path) -> dict:  # after_run adds to the same dict: the manifest's `extra`
+        extra.update(calibration.prepare(tmp))
         return extra
 
-    def after_run(tmp: Path) -> None:  # the batched copies served this run only
-        shutil.rmtree(tmp / "raw", ignore_errors=True)
-        (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
+    def after_run(tmp: Path) -> None:
+        calibration.remove(tmp)
         if with_harness:  # a profile without the named outputs fails the calibration (nothing replaced)
             try:
                 params = harness.write_for_profile(tmp / PROFILE_FILE, cfg.harness, fix=(
@@ -404,6 +410,40 @@ def chosen_percentile(config: Settings, model: str, batch: int) -> tuple[float, 
     return float(choice["chosen"]), choice
 
 
+@dataclass(frozen=True)
+class _CalibrationSet:
+    """A model's calibration samples for one batch size: the cache-key input, and the batched copies a
+    calibration (or a one-step compile) reads from its build directory."""
+
+    list_file: Path
+    batch: int
+    subset: dict
+    input: dict  # {"list", "sha256" of the selection}
+
+    def prepare(self, tmp: Path) -> dict:
+        batched = prepare_batched_inputs(self.list_file, self.batch, tmp, **self.subset)
+        return {"samples": batched.n_samples, "batches": batched.n_batches}
+
+    @staticmethod
+    def remove(tmp: Path) -> None:  # the batched copies served this run only
+        shutil.rmtree(tmp / "raw", ignore_errors=True)
+        (tmp / BATCHED_LIST_FILE).unlink(missing_ok=True)
+
+
+def _calibration_set(config: Settings, model: str, batch: int, src: SourceModel, command: Command) -> _CalibrationSet:
+    cfg = config.model(model)
+    list_file = model_inputs(config, model).calibration_list
+    require(list_file, "calibration list", f"fix models.{model}.calibration.list")
+    subset = {"input_sizes": sample_sizes(src.description, command.argv),
+              "first": cfg.calibration.first if cfg.calibration else None,
+              "filter_size": cfg.calibration.filter_size if cfg.calibration else None}
+    try:
+        selection = selection_sha256(list_file, **subset)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+    return _CalibrationSet(list_file, batch, subset, {"list": str(list_file), "sha256": selection})
+
+
 def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, run_id: str = "direct",
                    force: bool = False, log: logging.Logger = _LOG) -> Built:
     """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized)."""
@@ -428,11 +468,29 @@ def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, 
         siblings = {p.key: compile_dir(config, model, p) for p in config.matrix_of(model).binary_partitions
                     if p.batch == batch and p != partition}
 
+    calibration = _calibration_set(config, model, batch, src, command) if cfg.one_step else None
+    if calibration is not None:  # one-step quantization: the compile reads the batched samples
+        inputs["calibration"] = calibration.input
+
+    def prepare(tmp: Path) -> dict:  # after_run adds to the same dict: the manifest's `extra`
+        extra.update(calibration.prepare(tmp) if calibration else {})
+        return extra
+
+    def after_run(tmp: Path) -> None:
+        if calibration:
+            calibration.remove(tmp)
+        extra.update(profile_use(tmp, command))
+
     def build() -> tuple[dict, bool]:
         return run_build(config, compiler, command, inputs, who, force=force, log=log, siblings=siblings,
-                         prepare=lambda tmp: extra, after_run=lambda tmp: extra.update(profile_use(tmp, command)))
+                         prepare=prepare, after_run=after_run)
 
-    if not cfg.quantize:
+    if not cfg.quantize or cfg.one_step:
+        manifest, cached = build()
+        return Built(manifest, cached, command, src, inputs, previous=previous)
+    if cfg.profile is not None:  # a profile given in the config (dumped elsewhere): an input like the model
+        require(cfg.profile, "profile", f"fix models.{model}.profile in {config.source_file}")
+        inputs["profile"] = {"path": str(cfg.profile), "sha256": sha256_file(cfg.profile)}
         manifest, cached = build()
         return Built(manifest, cached, command, src, inputs, previous=previous)
     # a reader's lock on the profile: a recalibration of this batch waits until the compiler is done,
@@ -448,8 +506,9 @@ def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, 
 
 
 def profile_use(tmp: Path, command: Command) -> dict:
-    """How many profile entries the CPU compiler used and skipped (from its qaic-exec-cpu.json; the SDK
-    does not say): entries of compiler-internal nodes, constants or other parts are skipped."""
+    """How many profile entries the CPU compiler used, skipped and found unusable (from its
+    qaic-exec-cpu.json; the SDK does not say): entries of compiler-internal nodes, constants or other
+    parts are skipped; entries whose Min/Max are not finite (-nan in SDK profiles of 2021) are unusable."""
     try:
         info = json.loads((tmp / Path(command.output).parent / "qaic-exec-cpu.json").read_text())["profile_info"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -457,6 +516,7 @@ def profile_use(tmp: Path, command: Command) -> dict:
     if not info:
         return {}
     return {"profile_entries_used": info["entries_used"], "profile_entries_skipped": info["entries_skipped"],
+            "profile_entries_unusable": info.get("entries_unusable", 0),
             "profile_layout": info["layout"], "profile_tools_version": info["tools_version"]}
 
 

@@ -38,7 +38,14 @@ from qaic_assets.cpu_compiler.graph import (
     value_aliases,
 )
 from qaic_assets.qaic.formats import rawdata
-from qaic_assets.qaic.formats.profiles import OUR_TOOL, ProfileEntry, write_profile
+from qaic_assets.qaic.formats.profiles import (
+    OUR_TOOL,
+    Profile,
+    ProfileEntry,
+    graph_hash_text,
+    sort_entries,
+    write_profile,
+)
 from qaic_assets.qaic.formats.rawdata import InputSpec
 
 DEFAULT_BINS = 512
@@ -183,6 +190,11 @@ class CalibrationResult:
     seconds_run: float
     seconds_stats: float
     input_specs: list[InputSpec]
+    graph_hash: int
+
+    def profile(self) -> Profile:
+        """The profile as -load-profile reads back the file -dump-profile writes (one-step quantization)."""
+        return Profile(sort_entries(self.entries), tools_version(), graph_hash_text(self.graph_hash), "glow")
 
 
 def calibrate(
@@ -197,7 +209,8 @@ def calibrate(
     threads: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> CalibrationResult:
-    """Run the calibration set through the model and write the profile (when ``profile_path``)."""
+    """Run the calibration set through the model and write the profile (when ``profile_path``; the
+    result's ``profile()`` is the same profile in memory)."""
     import onnxruntime as ort
 
     if bins < 1:
@@ -300,4 +313,4 @@ def calibrate(
             write_profile(profile_path, entries, tools_version=tools_version(), graph_hash=model_hash)
         except OSError as exc:
             raise CompilerError(f"cannot write profile {profile_path} ({exc}): fix -dump-profile") from None
-    return CalibrationResult(entries, n_batches, n_samples, t_run, t_stats, specs)
+    return CalibrationResult(entries, n_batches, n_samples, t_run, t_stats, specs, model_hash)

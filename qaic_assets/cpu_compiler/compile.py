@@ -2,10 +2,14 @@
 
 With ``-load-profile`` the output ``<aic-binary-dir>/programqpc.onnx`` is a real int8 QDQ ONNX model
 quantized with ONNX Runtime's ``QDQQuantizer`` fed the ranges FROM THE PROFILE (``TensorsData`` built
-from it; nothing is re-calibrated). Without a profile it is the fp32 model, or fp16 with
-``-convert-to-fp16`` (``onnxruntime.transformers.float16``, graph inputs/outputs kept fp32 so the same
-raw files feed it). Dims are fixed by ``-batchsize`` / ``-onnx-define-symbol`` and the graph is pruned
-to ``-output-node-name`` in every case. ``qaic-exec-cpu.json`` beside it records what was done.
+from it; nothing is re-calibrated). A one-step compile (``-input-list-file``, no ``-load-profile``) gets
+the profile of calibrate.py's run over the list in memory instead: the same model as ``-dump-profile``
+then ``-load-profile``. A tensor ORT must quantize that the profile has no usable range for is an
+error naming it, the nodes that write or read it and the fixes (never an fp32 fallback). Without a
+profile it is the fp32 model, or fp16 with ``-convert-to-fp16`` (``onnxruntime.transformers.float16``,
+graph inputs/outputs kept fp32 so the same raw files feed it). Dims are fixed by ``-batchsize`` /
+``-onnx-define-symbol`` and the graph is pruned to ``-output-node-name`` in every case.
+``qaic-exec-cpu.json`` beside it records what was done.
 
 Flag -> ONNX Runtime mapping
 ---------------------------
@@ -120,8 +124,24 @@ def _quiet_ort_logging():
         root.setLevel(old)
 
 
+def _no_range(model: onnx.ModelProto, tensor: str, op_types: list[str], exclude: set[str],
+              where: str) -> CompilerError:
+    """The error for a tensor to quantize that ``where`` has no usable range for: the tensor, the
+    quantized nodes writing or reading it, and the two fixes."""
+    nodes = [n for n in model.graph.node if n.op_type in op_types and n.name not in exclude
+             and (tensor in n.output or tensor in n.input)]
+    outs = ", ".join(dict.fromkeys(n.output[0] for n in nodes))
+    ops = ",".join(dict.fromkeys(n.op_type for n in nodes))
+    return CompilerError(
+        f"{where} has no usable range for tensor {tensor!r} (written or read by "
+        f"{', '.join(f'{n.op_type} node {n.name!r}' for n in nodes) or 'no quantized node'}): recalibrate this "
+        "model (-dump-profile with the same -batchsize, -onnx-define-symbol and -output-node-name), or keep "
+        f"those nodes in float: -node-precision-info with FP32NodeInstanceNames: [{outs}], or "
+        f"-execute-nodes-in-fp16={ops}")
+
+
 def quantize(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], s: QuantSettings,
-             log: Callable[[str], None] = lambda m: None) -> tuple[onnx.ModelProto, dict]:
+             log: Callable[[str], None] = lambda m: None, where: str = "the profile") -> tuple[onnx.ModelProto, dict]:
     """QDQ-quantize ``model`` (dims fixed, shape-inferred, owned: modified) with the given ranges.
 
     ONNX Runtime's ``QDQQuantizer`` (exported, undocumented), by keyword: ``quantize_static`` can take the
@@ -159,6 +179,9 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], 
     missing = [t for t in s.float_tensors if t not in producer]
     if missing:
         log(f"WARNING: node-precision tensors not produced by any node (ignored): {', '.join(missing[:10])}")
+    for n in model.graph.node:  # ORT replaces a Softmax output's range by [0, 1], and fails when there is none
+        if n.op_type == "Softmax" and n.op_type in op_types and n.name not in exclude and n.output[0] not in data:
+            raise _no_range(model, n.output[0], op_types, set(exclude), where)
 
     extra = {
         "ActivationSymmetric": s.activations_symmetric,
@@ -178,11 +201,8 @@ def quantize(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], 
         except ValueError as exc:
             msg = str(exc)
             if "Quantization parameters are not specified" in msg:
-                tensor = msg.split("param ", 1)[-1].split(".", 1)[0]
-                raise CompilerError(
-                    f"the profile has no range for tensor {tensor!r}: recalibrate this model (same "
-                    "-output-node-name, -batchsize, symbols) or keep its consumers in float"
-                ) from None
+                tensor = msg.split("param ", 1)[-1].split(". ", 1)[0]
+                raise _no_range(model, tensor, op_types, set(exclude), where) from None
             raise
     counts = _qdq_counts(qmodel)
     info = {
@@ -236,6 +256,7 @@ def compile_model(
     binary_dir: str | Path,
     *,
     profile_path: str | Path | None = None,
+    profile: profiles.Profile | None = None,
     batch: int | None = None,
     symbols: Mapping[str, int] | None = None,
     output_node_name: str | None = None,
@@ -247,7 +268,9 @@ def compile_model(
 ) -> dict:
     """Write ``programqpc.onnx`` and ``qaic-exec-cpu.json`` into ``binary_dir``; returns the JSON dict.
 
-    ``record`` holds caller facts for the JSON (argv, effective flags, applied / not-applicable flags).
+    The ranges come from ``profile_path`` or from ``profile`` (in memory: a one-step compile's inline
+    calibration). ``record`` holds caller facts for the JSON (argv, effective flags, applied /
+    not-applicable flags, inline_calibration).
 
     JSON keys: tool, backend ("cpu"), onnxruntime, onnx (versions), model, profile, output, mode
     (int8 | int16 | fp16 | fp32), argv, effective_flags, applied {flag: what it does},
@@ -257,7 +280,9 @@ def compile_model(
     op_types_quantized, op_types_kept_float, nodes_kept_float, quantize_linear_nodes,
     dequantize_linear_nodes, quantized_activations, quantized_constants, quantized_tensors),
     profile_info (null without a profile: path, layout, tools_version, graph_hash, model_graph_hash,
-    graph_hash_checked, entries, entries_used, entries_skipped, skipped_examples), seconds.
+    graph_hash_checked, entries, entries_used, entries_skipped, skipped_examples, entries_unusable,
+    unusable_names), inline_calibration (null unless one-step: input_list_file, samples, batches, tensors),
+    seconds.
     """
     import onnxruntime as ort
 
@@ -265,7 +290,9 @@ def compile_model(
     s = settings or QuantSettings()
     if node_precision_path is not None:
         s.float_tensors = read_node_precision(node_precision_path)
-    profile = profiles.read_profile(profile_path) if profile_path is not None else None
+    if profile_path is not None:
+        profile = profiles.read_profile(profile_path)
+    where = f"profile {profile_path}" if profile_path is not None else "the inline calibration"
     model, model_hash = graph.prepare_model_hashed(model_path, batch=batch, symbols=symbols,
                                                    output_node_name=output_node_name)
     specs = graph.input_specs(model)
@@ -275,14 +302,15 @@ def compile_model(
     entries = None
     if profile is not None:
         entries, profile_info = match_profile(profile, model, model_hash, model_path)
-        log(f"compile: profile {profile_path} ({profile.layout}, {profile.tools_version or 'no tools version'}): "
-            f"{profile_info['entries_used']} entries used, {profile_info['entries_skipped']} skipped")
+        log(f"compile: {where} ({profile.layout}, {profile.tools_version or 'no tools version'}): "
+            f"{profile_info['entries_used']} entries used, {profile_info['entries_skipped']} skipped, "
+            f"{profile_info['entries_unusable']} unusable")
         ranges = profile_ranges(entries, s.calibration, s.percentile, symmetric=s.activations_symmetric)
         if s.bias_precision != "Int32":
             not_applied["quantization-precision-bias"] = "ORT QDQ quantizes biases to int32 only"
         if convert_to_fp16:
             not_applied["convert-to-fp16"] = "with a profile, float parts run in fp32 on CPU"
-        model, quant_info = quantize(model, ranges, s, log)
+        model, quant_info = quantize(model, ranges, s, log, where)
         mode = "int16" if s.precision == "Int16" else "int8"
         log(f"compile: quantized {quant_info['quantized_tensors']} tensors "
             f"({quant_info['quantized_activations']} activations, {quant_info['quantized_constants']} constants)")

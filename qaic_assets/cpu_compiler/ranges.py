@@ -69,8 +69,9 @@ def match_profile(profile: profiles.Profile, model: onnx.ModelProto, model_hash:
                   model_path: str | Path) -> tuple[list[ProfileEntry], dict]:
     """The profile's entries renamed to the model's float tensors (``name:N`` -> output N of the node
     producing ``name``); entries naming nothing here (compiler-internal nodes, constants, pruned parts)
-    are skipped and counted. Refused: a profile qaic-exec-cpu wrote for another graph, and one with no
-    entry for this model. The SDK's own graph hash is Glow's: recorded, never compared."""
+    are skipped and counted, entries the reader set aside (Min/Max ``-nan``) are counted as unusable and
+    named. Refused: a profile qaic-exec-cpu wrote for another graph, and one with no entry for this
+    model. The SDK's own graph hash is Glow's: recorded, never compared."""
     ours = profiles.graph_hash_text(model_hash)
     if profile.written_by_us and profile.graph_hash is not None and profile.graph_hash != ours:
         raise CompilerError(
@@ -82,12 +83,13 @@ def match_profile(profile: profiles.Profile, model: onnx.ModelProto, model_hash:
     if not used:
         raise CompilerError(
             f"profile {profile.path} has no entry for any tensor of model {model_path} (its names: "
-            f"{', '.join(e.name for e in profile.entries[:5])}, ...): it profiles another model; "
-            "recalibrate this model or fix -load-profile")
+            f"{', '.join(e.name for e in profile.entries[:5])}, ...; {len(profile.unusable)} unusable): it profiles "
+            "another model; recalibrate this model or fix -load-profile")
     entries = [ProfileEntry(t, e.min, e.max, e.histogram) for t, e in used.items()]
     info = {"path": profile.path, "layout": profile.layout, "tools_version": profile.tools_version,
             "graph_hash": profile.graph_hash, "model_graph_hash": ours,
             "graph_hash_checked": profile.written_by_us and profile.graph_hash is not None,
-            "entries": len(profile.entries), "entries_used": len(used), "entries_skipped": len(skipped),
-            "skipped_examples": skipped[:10]}
+            "entries": len(profile.entries) + len(profile.unusable), "entries_used": len(used),
+            "entries_skipped": len(skipped), "skipped_examples": skipped[:10],
+            "entries_unusable": len(profile.unusable), "unusable_names": list(profile.unusable)}
     return entries, info

@@ -24,7 +24,7 @@ def model_assets(project: Settings, model: str, automation_condition=None) -> li
     tags = {**compile_op_tags(),
             "dagster/priority": str(len(project.model_names) - project.model_names.index(model))}
     assets = [source_asset(project, model)]
-    if project.model(model).quantize:
+    if project.model(model).calibrates:
         assets.append(calibration_asset(project, model, tags, automation_condition))
         if project.model(model).sweeps_percentile:
             from qaic_assets.orchestration.percentile import percentile_asset

@@ -81,7 +81,7 @@ def recompile_condition(config: Settings) -> dg.AutomationCondition:
     due = (changed.since_last_handled() & ~AC.missing()).with_label("recompile_due")
     ready = (~AC.any_deps_missing() & ~AC.in_progress() & ~AC.any_deps_in_progress()
              & CompilerObserved()).with_label("ready")
-    profiles = dg.AssetSelection.assets(*[profile_key(m) for m in config.model_names if config.model(m).quantize])
+    profiles = dg.AssetSelection.assets(*[profile_key(m) for m in config.model_names if config.model(m).calibrates])
     # a binary waits while its profile is requested this tick, and after the profile's recompile
     # failed (as a backfill would not run it), rather than compile against the old profile
     waits_for_profile = AC.any_deps_match((due & ready) | AC.execution_failed()).allow(profiles).with_label(

@@ -42,7 +42,7 @@ class BuildOptions(dg.Config):
 
 def code_version(config: Settings, model: str, *parts: object) -> str:
     matrix = config.matrix_of(model)
-    recipe = recipes.recipe_code_version(config.recipe_of(model), matrix.scenarios, matrix.nsp)
+    recipe = recipes.recipe_code_version(config.recipe_of(model), matrix.scenarios, matrix.nsp, config.recipe_table)
     return hash_json([recipe, *parts], length=16)
 
 

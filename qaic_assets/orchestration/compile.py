@@ -4,6 +4,7 @@ same step, one result per partition: the accuracy check for CPU builds, the SDK 
 (orchestration/sdk_checks.py) for SDK builds."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -16,6 +17,7 @@ from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effect
 from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
 from qaic_assets.orchestration.sdk_checks import run_sdk_checks, sdk_check_specs
 from qaic_assets.orchestration.toolchain import record_first_observation
+from qaic_assets.qaic.flags import describe_unknown, unknown_flags
 from qaic_assets.settings import Settings
 
 #: what the binary is, by the configured backend (the graph depends on the settings only): the CPU
@@ -26,9 +28,9 @@ KINDS = {"cpu": {"onnx"}, "qaic": {"qaic"}, "auto": {"qaic", "onnx"}}
 def compile_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
     cfg = project.model(model)
     deps = [dg.AssetDep(source_key(model)), dg.AssetDep(SDK_KEY)]
-    if cfg.quantize:
+    if cfg.calibrates:
         deps.append(dg.AssetDep(profile_key(model), partition_mapping=profile_mapping()))
-    if cfg.quantize and cfg.sweeps_percentile:  # binary <- percentile_choice <- profile
+    if cfg.calibrates and cfg.sweeps_percentile:  # binary <- percentile_choice <- profile
         from qaic_assets.orchestration.percentile import choice_key
 
         deps.append(dg.AssetDep(choice_key(model), partition_mapping=profile_mapping()))
@@ -83,20 +85,29 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             **labels(scenario=target.scenario, nsp=nsp, batch=batch)}
         profile_partition = None
         if "profile" in built.inputs:
-            profile_partition = target.batch_key
             metadata |= {"profile_sha256": built.inputs["profile"]["sha256"],
-                         "profile": dg.MetadataValue.asset(profile_key(model)),
-                         "profile_partition": dg.MetadataValue.text(profile_partition),
                          "profile_path": stored_path(settings, built.inputs["profile"]["path"])}
+        if cfg.calibrates:  # its own calibration_profile (else a profile given in the config)
+            profile_partition = target.batch_key
+            metadata |= {"profile": dg.MetadataValue.asset(profile_key(model)),
+                         "profile_partition": dg.MetadataValue.text(profile_partition)}
+        if "calibration" in built.inputs:  # one-step quantization: the compile calibrated
+            metadata |= {"calibration_list": stored_path(settings, built.inputs["calibration"]["list"]),
+                         "calibration_sha256": built.inputs["calibration"]["sha256"]}
         if "percentile_choice" in built.inputs:
             from qaic_assets.orchestration.percentile import choice_key
 
             metadata |= {"percentile": float(built.inputs["percentile_choice"]["value"]),
                          "percentile_choice": dg.MetadataValue.asset(choice_key(model))}
         extra = manifest.get("extra") or {}
-        metadata |= {k: extra[k] for k in ("profile_entries_used", "profile_entries_skipped") if k in extra}
+        metadata |= {k: extra[k] for k in ("profile_entries_used", "profile_entries_skipped",
+                                           "profile_entries_unusable") if k in extra}
         if built.same_build_as:
             metadata["same_build_as"] = dg.MetadataValue.text(built.same_build_as)
+        if unchecked := unknown_flags(manifest["argv"][1:]):  # strict_flags: false passed them through
+            metadata["unchecked_flags"] = dg.MetadataValue.text(
+                f"passed to {Path(manifest['argv'][0]).name} unchecked (not in the flag table; the SDK's "
+                f"compiler decides): {describe_unknown(unchecked)}")
         previous = built.previous
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)

@@ -33,7 +33,7 @@ def observe_job() -> dg.UnresolvedAssetJobDefinition:
 def build_jobs(config: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
     selections: dict[str, list[dg.AssetKey]] = defaultdict(list)
     for model, (calib_job, compile_job) in matrix_jobs(config).items():
-        if config.model(model).quantize:
+        if config.model(model).calibrates:
             selections[calib_job].append(profile_key(model))
             if config.model(model).sweeps_percentile:  # same batch partitions: runs after the profile
                 selections[calib_job].append(choice_key(model))

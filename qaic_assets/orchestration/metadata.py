@@ -72,8 +72,9 @@ def lineage_block(config: Settings, model: str, partition: str, manifest: dict, 
                      f"`{relative(config, inputs['model']['path'])}` sha256 `{inputs['model']['sha256']}`")
     if "profile" in inputs:
         prof = inputs["profile"]
-        text = (f"- profile [{profile_partition or 'profile'}]({_asset_url(profile_key(model), profile_partition)}): "
-                f"`{relative(config, prof['path'])}` sha256 `{prof['sha256']}`")
+        where = (f"[{profile_partition}]({_asset_url(profile_key(model), profile_partition)})" if profile_partition
+                 else "(given in the config)")
+        text = f"- profile {where}: `{relative(config, prof['path'])}` sha256 `{prof['sha256']}`"
         calib = read_manifest(Path(prof["path"]).parent) or {}
         listed = calib.get("inputs", {}).get("calibration")
         if listed:

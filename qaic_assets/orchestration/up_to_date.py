@@ -122,9 +122,14 @@ class UpToDate:
     def _binary(self, model: str, partition: str) -> bool:
         target = BinaryPartition.parse(partition)
         command = compile_command(self.config, self.compiler, model, target)
+        cfg = self.config.model(model)
         paths = {"model": model_inputs(self.config, model).model}
-        if self.config.model(model).quantize:
+        if cfg.calibrates:
             paths["profile"] = calibration_dir(self.config, model, target.batch) / PROFILE_FILE
+        elif cfg.one_step:
+            paths["calibration"] = model_inputs(self.config, model).calibration_list
+        elif cfg.quantize:  # a profile given in the config
+            paths["profile"] = cfg.profile
         manifest = fresh_build(command.cwd, command.output, command.argv, self._compiler_id(), paths)
         return manifest is not None and self._source(model) and \
             self._recorded(binary_key(model), partition) == manifest["output"]["sha256"]

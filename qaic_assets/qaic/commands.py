@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qaic_assets.qaic import recipes
+from qaic_assets.qaic.flags import normalize_args
 from qaic_assets.qaic.sdk import Backend
 
 PROFILE_FILE = "profile.yaml"
@@ -28,8 +29,9 @@ class Command:
 
 
 def expand(template: str, **values) -> list[str]:
-    """Split a seed flag string into argv items, then fill placeholders (paths may hold spaces)."""
-    return [token.format(**values) for token in template.split()]
+    """Split a recipe's flag string into argv items (as a shell would, shapes normalized:
+    flags.normalize_args), then fill placeholders (a path filled in may hold spaces)."""
+    return [token.format(**values) for token in normalize_args(template)]
 
 
 def placeholders(batch: int, profiling_threads: int | None, node_precision: Path | None) -> dict:
@@ -50,13 +52,14 @@ def number_text(value: float | int | str) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def calibrate_argv(backend: Backend, recipe: str, batch: int, model_file: Path, values: dict) -> list[str]:
-    """qaic-exec -input-list-file=L -batchsize=B <calibration params> -dump-profile=P -model=M"""
+def calibrate_argv(backend: Backend, recipe: str, batch: int, model_file: Path, values: dict,
+                   table: dict | None = None) -> list[str]:
+    """qaic-exec -input-list-file=L <batch flags: -batchsize=B> <calibration params> -dump-profile=P -model=M"""
     return [
         backend.executable,
         f"-input-list-file={BATCHED_LIST_FILE}",
-        f"-batchsize={batch}",
-        *expand(recipes.calibrate_params(recipe), **values),
+        *expand(recipes.batch_flags(recipe, table), **values),
+        *expand(recipes.calibrate_params(recipe, table), **values),
         f"-dump-profile={PROFILE_FILE}",
         f"-model={model_file}",
     ]
@@ -64,23 +67,30 @@ def calibrate_argv(backend: Backend, recipe: str, batch: int, model_file: Path, 
 
 def compile_argv(backend: Backend, recipe: str, scenario: str, nsp: int, batch: int, model_file: Path,
                  profile: Path | None, extra_flags: list[str], percentile: float | str | None,
-                 values: dict) -> list[str]:
-    """qaic-exec -model=M [-load-profile=P] -aic-binary-dir=D <params_base> <args> <args_sut>
-    <extra_flags> -batchsize=B [percentile flags]. Not quantized (no profile): -convert-to-fp16."""
-    resolved = recipes.resolve_compile(recipe, scenario, nsp)
-    precision = [f"-load-profile={profile}"] if profile is not None else ["-convert-to-fp16"]
+                 values: dict, table: dict | None = None, *, one_step: bool = False) -> list[str]:
+    """qaic-exec -model=M [-load-profile=P | -input-list-file=L] -aic-binary-dir=D <params_base> <args>
+    <args_sut> <extra_flags> <batch flags: -batchsize=B> [percentile flags]. `one_step`: the SDK's one-step
+    quantization, the batched calibration list instead of a profile. Not quantized: the recipe's
+    `unquantized` flags (-convert-to-fp16) that the flags do not have already."""
+    resolved = recipes.resolve_compile(recipe, scenario, nsp, table)
+    flags = [*expand(resolved.params_base, **values), *expand(resolved.args, **values),
+             *expand(resolved.args_sut, **values),
+             *extra_flags]  # validated at config load; one argv item each, never split
+    if one_step:
+        precision = [f"-input-list-file={BATCHED_LIST_FILE}"]
+    elif profile is not None:
+        precision = [f"-load-profile={profile}"]
+    else:  # not quantized: the recipe's `unquantized` flags (-convert-to-fp16), those not given already
+        precision = [f for f in expand(resolved.unquantized, **values) if f not in flags]
     argv = [
         backend.executable,
         f"-model={model_file}",
         *precision,
         f"-aic-binary-dir={BINARY_DIR}",
-        *expand(resolved.params_base, **values),
-        *expand(resolved.args, **values),
-        *expand(resolved.args_sut, **values),
-        *extra_flags,  # validated at config load; one argv item each, never split
-        f"-batchsize={batch}",
+        *flags,
+        *expand(resolved.batch, **values),
     ]
-    if profile is not None and percentile is not None:
+    if (profile is not None or one_step) and percentile is not None:
         argv += expand(recipes.percentile_params(), percentile=number_text(percentile))
     return argv
 

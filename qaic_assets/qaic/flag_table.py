@@ -73,7 +73,9 @@ _TABLE = [
     _f("vvv", "switch", A, "verbose progress lines", mode="both"),
     _f("v", "switch", NA, "verbose compiler log (the CPU compiler has only -vvv)", mode="both"),
     # --- calibrate ---
-    _f("input-list-file", "infile", A, "calibration inputs (list file of raw files)", mode="calibrate"),
+    _f("input-list-file", "infile", A, "calibration inputs (list file of raw files); also a compile's, without "
+       "-load-profile: one-step quantization (calibrated inline, then quantized; flags.check_mode)",
+       mode="calibrate"),
     _f("dump-profile", "outfile", A, "calibrate mode: write the Glow-style profile YAML here", mode="calibrate"),
     _f("num-histogram-bins", "int", A, "histogram bins per tensor in the profile (default 512)", low=1,
        mode="calibrate"),

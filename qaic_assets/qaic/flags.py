@@ -6,6 +6,11 @@ flag (``-model``). Repeatable flags (``-onnx-define-symbol=name,value``, ``-aic-
 other flag the last occurrence wins. A misspelled flag or a value outside the documented set is an
 error naming the flag and the fix. Values are never rewritten: the compiler gets them as written.
 
+Flags the table does not know are, unless ``strict``, kept in ``ParsedFlags.unknown`` and passed to
+the SDK compiler unchecked (SDKs add flags; the user's SDK knows them); the CPU reference compiler
+parses strictly and refuses them by name. ``normalize_args`` first brings pasted argument shapes to
+one ``-name[=value]`` item each, as the SDK's parser (LLVM's command line library) reads them.
+
     parsed = parse_argv(["-m=m.onnx", "-batchsize=8", "-onnx-define-symbol=seq,384"])
     parsed.get("model") -> "m.onnx";   parsed.symbols -> {"seq": 384}
 """
@@ -16,6 +21,7 @@ import difflib
 import math
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +39,9 @@ from qaic_assets.qaic.flag_table import (  # noqa: F401 - re-exported: the table
 LLVM_TRUE = ("true", "TRUE", "True", "1")
 LLVM_FALSE = ("false", "FALSE", "False", "0")
 _TOKEN = re.compile(r"[A-Za-z0-9_.,:/+@%\[\]-]+")  # no blanks, quotes or shell metacharacters
-_SYMBOL = re.compile(r"([A-Za-z_][A-Za-z0-9_.:/-]*),([0-9]+)")
+# an ONNX dim name may hold blanks and operators ('past_sequence_length + sequence_length', in a real
+# LLM compile): anything but a comma, a NUL or a newline; one argv item, never through a shell
+_SYMBOL = re.compile(r"([A-Za-z_][^,\x00\n]*),([0-9]+)")
 _INTS = re.compile(r"[0-9]+(,[0-9]+)*")
 FILE_KINDS = ("infile", "outfile", "outdir")
 
@@ -50,6 +58,7 @@ class ParsedFlags:
     values: dict[str, str | None] = field(default_factory=dict)
     symbols: dict[str, int] = field(default_factory=dict)
     repeats: dict[str, list[str]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)  # not in the table (strict=False): passed through as written
 
     def __contains__(self, name: str) -> bool:
         return name in self.values
@@ -100,6 +109,18 @@ def split_arg(arg: str) -> tuple[str, str | None]:
     return canonical(name), (value if sep else None)
 
 
+def _case_typo(name: str) -> bool:
+    """A known flag written in another case: LLVM's names are case-sensitive, so no SDK has both, and
+    the compiler would refuse it; refused here even when unknown flags pass through."""
+    return name.lower() in {k.lower() for k in (*FLAGS, *ALIASES)} and canonical(name) not in FLAGS
+
+
+def did_you_mean(name: str) -> str:
+    """' (did you mean -x?)' for a name close to a known flag, else ''."""
+    close = difflib.get_close_matches(name, list(FLAGS) + list(ALIASES), n=1, cutoff=0.85)
+    return f" (did you mean -{close[0]}?)" if close else ""
+
+
 def _unknown(name: str) -> FlagError:
     known = list(FLAGS) + list(ALIASES)
     close = difflib.get_close_matches(name, known, n=1)
@@ -110,8 +131,55 @@ def _unknown(name: str) -> FlagError:
     return FlagError(f"unknown flag -{name}: remove it or fix its spelling{hint}")
 
 
-def parse_argv(argv: Sequence[str]) -> ParsedFlags:
-    """Parse compiler arguments; raises FlagError naming the first bad one."""
+def normalize_args(args: str | Sequence[str]) -> list[str]:
+    """Compiler arguments as one ``-name[=value]`` item each, read the way the SDK's parser (LLVM's
+    command line library) reads them: a string is split as a shell splits it (a pasted line); an item
+    made of several flags (``"-aic-enable-depth-first -aic-depth-first-mem=32"``) is split; ``--name`` is
+    ``-name``; ``-name value`` is ``-name=value`` for a known flag that takes a value (LLVM's booleans
+    take theirs only after ``=``). Values are not changed."""
+    items = shlex.split(args) if isinstance(args, str) else list(args)
+    split: list[str] = []
+    for item in items:
+        # several flags in one item: blanks before any '=' (in "-compiler-args=-a -b" they are the value's)
+        if isinstance(item, str) and item.startswith("-") and re.match(r"-[^=\s]*\s", item):
+            try:
+                parts = shlex.split(item)
+            except ValueError:
+                parts = [item]
+            if len(parts) > 1 and all(p.startswith("-") for p in parts):
+                split += parts
+                continue
+        split.append(item)
+    out: list[str] = []
+    i = 0
+    while i < len(split):
+        item = split[i]
+        if isinstance(item, str) and item.startswith("--") and len(item) > 2:
+            item = item[1:]
+        if isinstance(item, str) and item.startswith("-") and "=" not in item and i + 1 < len(split):
+            flag = FLAGS.get(canonical(item[1:]))
+            value = split[i + 1]
+            if flag is not None and flag.kind not in ("bool", "switch") and isinstance(value, str) and (
+                    not value.startswith("-") or re.fullmatch(r"-[0-9.]+", value)):
+                item, i = f"{item}={value}", i + 1
+        out.append(item)
+        i += 1
+    return out
+
+
+def unknown_flags(argv: Sequence[str]) -> list[str]:
+    """The arguments of ``argv`` that the flag table does not know (passed through unchecked)."""
+    return parse_argv(argv, strict=False).unknown
+
+
+def describe_unknown(args: Sequence[str]) -> str:
+    """``-x=1 (did you mean -y?), -z``: unchecked flags as a user reads them in a warning."""
+    return ", ".join(arg + did_you_mean(arg[1:].partition("=")[0]) for arg in args)
+
+
+def parse_argv(argv: Sequence[str], *, strict: bool = True) -> ParsedFlags:
+    """Parse compiler arguments; raises FlagError naming the first bad one. ``strict=False``: a flag the
+    table does not know is kept in ``unknown`` instead (its value is not checked)."""
     parsed = ParsedFlags()
     for arg in argv:
         if not isinstance(arg, str) or not arg.startswith("-") or arg.startswith("--") or len(arg) < 2:
@@ -120,6 +188,9 @@ def parse_argv(argv: Sequence[str]) -> ParsedFlags:
         raw_name = arg[1:].partition("=")[0]
         name, val = split_arg(arg)
         flag = FLAGS.get(name)
+        if flag is None and not strict and not _case_typo(raw_name):
+            parsed.unknown.append(arg)
+            continue
         if flag is None:
             raise _unknown(raw_name)
         check_value(flag, val)
@@ -192,12 +263,17 @@ def _check_range(flag: Flag, number: float, bad) -> None:
 
 
 def check_mode(parsed: ParsedFlags, calibrate: bool) -> None:
-    """A flag of the other mode (``-dump-profile`` in a compile, ``-aic-hw`` in a calibration) is an error."""
+    """A flag of the other mode (``-dump-profile`` in a compile, ``-aic-hw`` in a calibration) is an error,
+    except the calibration list in a compile: that is one-step quantization (the SDK profiles the list,
+    then quantizes), so it excludes ``-load-profile``."""
     wrong = "compile" if calibrate else "calibrate"
     for name in parsed.values:
-        if FLAGS[name].mode == wrong:
+        if FLAGS[name].mode == wrong and name != "input-list-file":
             raise FlagError(f"flag -{name} is not valid when {'calibrating' if calibrate else 'compiling'}: "
                             f"remove it")
+    if not calibrate and {"input-list-file", "load-profile"} <= set(parsed.values):
+        raise FlagError("flags -input-list-file and -load-profile together: a compile quantizes with the loaded "
+                        "profile or calibrates the list itself (one-step quantization); remove one of them")
     if "convert-to-quantize" in parsed and ({"load-profile", "dump-profile"} & set(parsed.values)):
         raise FlagError("flag -convert-to-quantize cannot be combined with -load-profile or -dump-profile: "
                         "remove it, or set `quantize: false` for this model")

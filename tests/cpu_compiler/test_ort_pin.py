@@ -74,5 +74,5 @@ def test_the_ranges_given_are_the_ranges_used_and_a_missing_one_is_named():
     assert float(inits["h_scale"]) == pytest.approx(4.0 / 127)
     assert float(inits["y_scale"]) == pytest.approx(4.0 / 255) and inits["y_zero_point"] == 0
     assert inits["y_zero_point"].dtype == np.uint8  # symmetric_with_uint8: [0, Max] as uint8
-    with pytest.raises(CompilerError, match="the profile has no range for tensor 'h'"):
+    with pytest.raises(CompilerError, match="the profile has no usable range for tensor 'h'"):
         cpu_compile.quantize(_tiny(), {"x": (-1.0, 1.0)}, cpu_compile.QuantSettings())

@@ -1,9 +1,12 @@
 """qaic-exec-cpu with profiles in the SDK's layout: an SDK-dumped profile loads and its ranges are the
-ones applied; our own dump has the SDK's layout; a profile of another model is refused."""
+ones applied; our own dump has the SDK's layout; a profile of another model is refused; `-nan` entries
+are reported unusable; a tensor the profile has no usable range for is an error naming it and the fix."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 from qaic_assets.cpu_compiler import graph, main as cpu_exec
 from qaic_assets.qaic.formats import profiles
 
-SDK_PROFILE = Path(__file__).resolve().parents[1] / "data" / "sdk_profile.yaml"
+REPO = Path(__file__).resolve().parents[2]
+SDK_PROFILE = REPO / "tests" / "data" / "sdk_profile.yaml"
+DIGITS = REPO / "qaic_assets" / "models" / "data" / "digits"
 
 
 def _mlp(path: Path, seed: int = 0) -> Path:
@@ -100,3 +105,58 @@ def test_a_profile_of_another_model_is_refused(tmp_path, capsys):
                        .replace("'act:0'", "'q:0'").replace("'fc2:0'", "'out:0'"))
     rc, err = _compile(model, foreign, tmp_path / "b", capsys)
     assert rc == 1 and "no entry for any tensor" in err and str(foreign) in err and str(model) in err
+
+
+def _with_nan(text: str, name: str) -> str:
+    """The profile text with entry `name` given Min/Max -nan, as SDK profiles of 2021 have them (or added)."""
+    nan = (f"- NodeOutputName:  '{name}'\n  Min:             -nan\n  Max:             -nan\n"
+           "  Histogram:       [ 0, 8 ]\n")
+    start = text.find(f"- NodeOutputName:  '{name}'")
+    if start < 0:
+        return text.removesuffix("...\n") + nan + "...\n"
+    end = text.find("- NodeOutputName:", start + 1)
+    return text[:start] + nan + text[end if end > 0 else text.rfind("...\n"):]
+
+
+def test_nan_entries_are_unusable_and_reported(tmp_path, capsys):
+    model = _mlp(tmp_path / "mlp.onnx")
+    prof = tmp_path / "nan.yaml"
+    prof.write_text(_with_nan(SDK_PROFILE.read_text(), "w1_read:0"))  # a constant, as in the SDK's
+    rc, err = _compile(model, prof, tmp_path / "elfs", capsys)
+    assert rc == 0, err
+    info = json.loads((tmp_path / "elfs" / "qaic-exec-cpu.json").read_text())["profile_info"]
+    assert (info["entries"], info["entries_used"], info["entries_skipped"], info["entries_unusable"]) == (7, 4, 2, 1)
+    assert info["unusable_names"] == ["w1_read:0"]
+    # a tensor the model quantizes whose only entry is -nan: no usable range, named with the fix
+    prof.write_text(_with_nan(SDK_PROFILE.read_text(), "act:0"))
+    rc, err = _compile(model, prof, tmp_path / "bad", capsys)
+    assert rc == 1 and f"profile {prof} has no usable range for tensor 'r'" in err and "Traceback" not in err
+
+
+def test_a_tensor_missing_from_the_profile_is_an_error_naming_it_and_the_fix(tmp_path):
+    """The digits model's Softmax output without its entry (ONNX Runtime failed with a traceback): exit 1,
+    one ERROR line naming the tensor, recalibration and the two ways to keep its nodes in float; each
+    of those then compiles."""
+    full = tmp_path / "profile.yaml"
+    assert cpu_exec.main([f"-model={DIGITS / 'model.onnx'}", f"-input-list-file={DIGITS / 'cal.txt'}",
+                          "-batchsize=8", f"-dump-profile={full}"]) == 0
+    p = profiles.read_profile(full)
+    lacking = tmp_path / "lacking.yaml"
+    profiles.write_profile(lacking, [e for e in p.entries if e.name != "softmax_tensor:0"],
+                           tools_version=p.tools_version, graph_hash=p.graph_hash)
+    argv = [f"-model={DIGITS / 'model.onnx'}", f"-load-profile={lacking}", "-batchsize=8",
+            "-quantization-schema=symmetric_with_uint8"]
+    r = subprocess.run([sys.executable, "-m", "qaic_assets.cpu_compiler.main", *argv, "-aic-binary-dir=elfs"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr == (
+        f"ERROR: profile {lacking} has no usable range for tensor 'softmax_tensor' (written or read by Softmax "
+        "node 'softmax_tensor'): recalibrate this model (-dump-profile with the same -batchsize, "
+        "-onnx-define-symbol and -output-node-name), or keep those nodes in float: -node-precision-info with "
+        "FP32NodeInstanceNames: [softmax_tensor], or -execute-nodes-in-fp16=Softmax\n")
+    assert not (tmp_path / "elfs").exists()
+    precision = tmp_path / "precision.yaml"
+    precision.write_text("FP32NodeInstanceNames: [softmax_tensor]\n")
+    for fix in ("-execute-nodes-in-fp16=Softmax", f"-node-precision-info={precision}"):
+        assert cpu_exec.main([*argv, f"-aic-binary-dir={tmp_path / fix[1:8]}", fix]) == 0, fix

@@ -19,11 +19,16 @@ BOOLS = {
     "C": "aic-hw compile-only multicast-weights aic-enable-depth-first convert-to-fp16 use-producer-dma "
          "combine-inputs combine-outputs convert-to-quantize host-preproc aic-preproc "
          "always-expand-onnx-functions retained-state mxfp6-matmul allow-mxint8-mdp-io io-crc aic-perf-warnings "
-         "aic-perf-metrics time-passes enable-debug ddr-stats",
+         "aic-perf-metrics time-passes enable-debug ddr-stats "
+         # newer SDKs (QEfficient's compiles, quic/efficient-transformers QEfficient/base/modeling_qeff.py @
+         # ebf55e8159c8b87bff6d8028541b824244b16c81): not in the project's table, passed through to the SDK
+         "sub-functions",
 }
 VALUES = {
-    "B": "model batchsize onnx-define-symbol output-node-name node-precision-info profiling-threads",
-    "P": "input-list-file dump-profile num-histogram-bins",
+    # input-list-file in a compile: one-step quantization (quic/cloud-ai-sdk "Model Recipies/Image_Classification/
+    # EfficientNetB0/efficientnet_run.sh":59 @ 918b1d21c98c948d32678c37bbedaca4cbc46a49)
+    "B": "model batchsize onnx-define-symbol output-node-name node-precision-info profiling-threads input-list-file",
+    "P": "dump-profile num-histogram-bins",
     "C": "load-profile external-quantization-file quantization-schema quantization-schema-activations "
          "quantization-schema-constants quantization-precision quantization-precision-bias "
          "quantization-calibration percentile-calibration-value execute-nodes-in-fp16 "
@@ -32,7 +37,8 @@ VALUES = {
          "dump-embedding-tables aic-hw-version aic-num-cores aic-num-of-instances stats-batchsize mos ols "
          "sdp-cluster-sizes aic-depth-first-mem allocator-dealloc-delay size-split-granularity "
          "vtcm-working-set-limit-ratio dynamic-shape-input io-crc-stride compile-threads use-random-input-data "
-         "stats-level aic-profiling-type aic-pmu-recipe aic-pmu-events",
+         "stats-level aic-profiling-type aic-pmu-recipe aic-pmu-events "
+         "mdts-mos",  # as sub-functions above (QEfficient/diffusers/pipelines/configs/flux_config.json)
 }
 
 

@@ -97,7 +97,8 @@ def test_each_generation_has_its_compiler_and_the_platform_tools(tmp_path, compi
         ("-quantization-schema=int8", "invalid value 'int8' for -quantization-schema"),
         ("-mos=1;2", "invalid value '1;2' for -mos"),
         ("-dump-profile=p.yaml", "cannot be combined"),
-        ("-input-list-file=l.txt", "flag -input-list-file is not valid when compiling"),
+        ("-num-histogram-bins=512", "flag -num-histogram-bins is not valid when compiling"),
+        ("-input-list-file=l.txt", "-input-list-file: file not found"),  # one-step: the list must exist
     ],
 )
 def test_rejects_bad_flags(sdk, model, tmp_path, bad, message):

@@ -128,6 +128,18 @@ def test_modes_and_conflicts():
         flags.check_mode(parse_argv(["-convert-to-quantize", "-load-profile=p.yaml"]), calibrate=False)
 
 
+def test_an_input_list_in_a_compile_is_one_step_quantization():
+    """The SDK's one-step commands (-input-list-file and quantization flags, no profile: quic/cloud-ai-sdk
+    "Model Recipies" at 918b1d21) pass; with -load-profile as well the ranges would have two sources."""
+    flags.check_mode(parse_argv(["-input-list-file=l.txt", "-aic-binary-dir=elfs", "-convert-to-quantize",
+                                 "-quantization-schema=symmetric_with_uint8"]), calibrate=False)
+    flags.check_mode(parse_argv(["-input-list-file=l.txt", "-dump-profile=p.yaml"]), calibrate=True)
+    with pytest.raises(FlagError, match="-input-list-file and -load-profile together"):
+        flags.check_mode(parse_argv(["-input-list-file=l.txt", "-load-profile=p.yaml"]), calibrate=False)
+    with pytest.raises(FlagError, match="-num-histogram-bins is not valid when compiling"):
+        flags.check_mode(parse_argv(["-input-list-file=l.txt", "-num-histogram-bins=64"]), calibrate=False)
+
+
 def test_file_flags_resolve_against_the_config_and_outputs_stay_inside(tmp_path):
     argv = ["-custom-IO-list-file=io/io.yaml", "-mdp-load-partition-config=/abs/mdp.json",
             "-external-quantization-file=q.yaml", "-mdp-dump-partition-config=dump.json", "-aic-hw"]

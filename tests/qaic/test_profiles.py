@@ -4,6 +4,7 @@ tests/data/sdk_profile.yaml is written by hand in the layout of a real SDK profi
 profile/resnet50/bs.1/profile.yaml): three documents closed by `...`, a date as tools version, Hex64
 hash, padded keys, quoted `name:0` names sorted by bytes, float Min/Max with every decimal, histogram
 lines wrapped, float counts, compiler-internal (`conv_bias__1:0`) and constant (`zero__7:0`) entries.
+tests/data/sdk_profiles/ holds excerpts of two real SDK profiles with `-nan` entries (its SOURCES.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,38 @@ def test_reads_the_sdk_layout_with_headers_as_text(tmp_path):
     docs = list(yaml.load_all(SDK_PROFILE, Loader=yaml.SafeLoader))
     assert [(d["NodeOutputName"], d["Min"], d["Max"], [float(v) for v in d["Histogram"]]) for d in docs[2]] == \
         [(e.name, e.min, e.max, e.histogram) for e in p.entries]
+
+
+SDK_EXCERPTS = Path(__file__).resolve().parents[1] / "data" / "sdk_profiles"  # SOURCES.md: krai/ck-qaic
+
+
+@pytest.mark.parametrize("name, version, unusable", [("resnet50_bs1_profile.EXCERPT.yaml", "2021-03-12", 7),
+                                                     ("resnet50_bs8_profile.EXCERPT.yaml", "2021-03-10", 18)])
+def test_real_sdk_profiles_with_nan_entries_load_and_name_them(name, version, unusable):
+    """SDK profiles of 2021 have entries with `Min: -nan` / `Max: -nan`: no quantization parameters come
+    from them, so they are set aside as unusable, by name; the other entries load."""
+    path = SDK_EXCERPTS / name
+    p = profiles.read_profile(path)
+    assert (p.layout, p.tools_version, p.graph_hash) == ("glow", version, "0x000000000000A100")
+    assert [e.name for e in p.entries] == ["conv_bias:0", "conv_bias__11:0"]
+    assert all(e.usable and e.min < e.max and len(e.histogram) == 512 for e in p.entries)
+    text = path.read_text()
+    nan_names = [b.split("'")[1] for b in text.split("- NodeOutputName:")[1:] if "Min:             -nan" in b]
+    assert len(nan_names) == unusable and p.unusable == nan_names
+    assert all(n.startswith("save_resnet_model_") for n in p.unusable)
+
+
+def test_a_nan_bound_is_unusable_and_a_profile_of_only_those_is_refused(tmp_path):
+    head = "---\nGraphPreLowerHash: 0x1\n...\n---\n"
+    p = profiles.parse_text(head + "- NodeOutputName: 'a:0'\n  Min: -nan\n  Max: 1\n  Histogram: [ 1 ]\n"
+                            "- NodeOutputName: 'b:0'\n  Min: 0\n  Max: 1\n  Histogram: [ 1 ]\n"
+                            "- NodeOutputName: 'c:0'\n  Min: .nan\n  Max: .nan\n  Histogram: [ 0 ]\n")
+    assert [e.name for e in p.entries] == ["b:0"] and p.unusable == ["a:0", "c:0"]
+    path = tmp_path / "nan.yaml"
+    path.write_text(head + "- NodeOutputName: 'a:0'\n  Min: -nan\n  Max: -nan\n  Histogram: [ 1 ]\n")
+    with pytest.raises(profiles.ProfileError, match="no usable entry") as err:
+        profiles.read_profile(path)
+    assert str(path) in str(err.value)
 
 
 def test_yaml_fallback_and_older_layouts(tmp_path):

@@ -310,14 +310,16 @@ models:
 
 
 @pytest.mark.parametrize("text,needles", [
-    (BASE + "    extra_flags: [-aic-num-corez=4]\n", ["model 'm'", "unknown flag -aic-num-corez",
+    ("strict_flags: true\n" + BASE + "    extra_flags: [-aic-num-corez=4]\n",
+     ["model 'm'", "unknown flag -aic-num-corez", "did you mean -aic-num-cores"]),
+    (BASE + "    extra_flags: [-Aic-num-cores=4]\n", ["model 'm'", "unknown flag -Aic-num-cores",
                                                       "did you mean -aic-num-cores"]),
     (BASE + "    extra_flags: [-aic-num-cores=four]\n", ["model 'm'", "-aic-num-cores", "integer"]),
     (BASE + "    extra_flags: ['rm -rf /']\n", ["model 'm'", "'rm -rf /'", "-name or -name=value"]),
     (BASE + "    extra_flags: [-aic-binary-dir=/etc/qaic]\n", ["model 'm'", "may not set -aic-binary-dir"]),
     (BASE + "    extra_flags: [-model=/tmp/other.onnx]\n", ["model 'm'", "may not set -model"]),
     (BASE + "    extra_flags: [-num-histogram-bins=512]\n", ["model 'm'", "calibration flag"]),
-    (BASE + "    extra_flags: -vvv -aic-num-cores=4\n", ["models.m.extra_flags", "valid list"]),
+    (BASE + "    extra_flags: \"-vvv '-aic-num-cores=4\"\n", ["models.m.extra_flags", "as a shell would"]),
     (BASE.replace("storage_root: store", "storage_root: [store]"), ["storage_root", "path"]),
     (BASE + "compile_timeout_s: soon\n", ["compile_timeout_s", "number"]),
 ])

@@ -20,6 +20,8 @@ Names are ``<name>:<result#>``: result N of the node called (or whose first outp
 entries are sorted by name and may cover nodes that exist only inside the compiler and constants.
 Headers are read as strings (``2021-06-30`` is not a date here). The reader also takes Glow's older
 two-document layout (no tools version) and our former one-document list with bare tensor names.
+An entry whose Min or Max is not a finite number (``-nan`` in SDK profiles of 2021) gives no
+quantization parameters: the reader sets it aside as unusable (``Profile.unusable``, by name).
 docs/FORMATS.md documents it with its sources.
 """
 
@@ -49,16 +51,23 @@ class ProfileEntry:
     max: float
     histogram: list[float]
 
+    @property
+    def usable(self) -> bool:
+        """A range quantization parameters can come from: finite Min and Max (not ``-nan``)."""
+        return math.isfinite(self.min) and math.isfinite(self.max)
+
 
 @dataclass
 class Profile:
-    """A parsed profile: ``layout`` is ``glow`` (3 documents), ``glow-2doc`` or ``legacy`` (1 list)."""
+    """A parsed profile: ``layout`` is ``glow`` (3 documents), ``glow-2doc`` or ``legacy`` (1 list);
+    ``entries`` in the order written (sorted by name), ``unusable`` the names of entries set aside."""
 
     entries: list[ProfileEntry]
     tools_version: str | None = None
     graph_hash: str | None = None  # "0x" + 16 upper-case hex digits, as written
     layout: str = "glow"
     path: str | None = None
+    unusable: list[str] = field(default_factory=list)  # Min/Max not finite (-nan): no quantization parameters
 
     @property
     def written_by_us(self) -> bool:
@@ -102,6 +111,11 @@ def _quote(name: str) -> str:
     return "'" + name.replace("'", "''") + "'"
 
 
+def sort_entries(entries: Iterable[ProfileEntry]) -> list[ProfileEntry]:
+    """Entries in Glow's order: by name, as bytes."""
+    return sorted(entries, key=lambda e: e.name.encode())
+
+
 def dump_text(entries: Iterable[ProfileEntry], *, tools_version: str, graph_hash: int | str) -> str:
     """The profile text: three documents, entries sorted by name (as Glow)."""
     h = graph_hash if isinstance(graph_hash, str) else graph_hash_text(graph_hash)
@@ -110,7 +124,7 @@ def dump_text(entries: Iterable[ProfileEntry], *, tools_version: str, graph_hash
     if "\n" in tools_version or not tools_version.strip():
         raise ValueError(f"tools version {tools_version!r} must be one non-empty line")
     out = [f"---\nGlowToolsVersion: {tools_version}\n...\n---\nGraphPreLowerHash: {h}\n...\n---\n"]
-    for e in sorted(entries, key=lambda e: e.name.encode()):
+    for e in sort_entries(entries):
         out.append(f"- NodeOutputName:  {_quote(e.name)}\n  Min:             {_glow_float(e.min)}\n"
                    f"  Max:             {_glow_float(e.max)}\n"
                    f"  Histogram:       [ {', '.join(_count(v) for v in e.histogram)} ]\n")
@@ -259,11 +273,16 @@ def parse_text(text: str, path: str | Path = "<profile>") -> Profile:
         entries = _parse_list_yaml(docs[0], path)
     if not entries:
         raise ProfileError(f"profile {path} has no entries: regenerate it with -dump-profile")
+    unusable = [e.name for e in entries if not e.usable]
+    entries = [e for e in entries if e.usable]
+    if not entries:
+        raise ProfileError(f"profile {path} has no usable entry (Min/Max of all {len(unusable)} are not finite, "
+                           "e.g. -nan): regenerate it with -dump-profile")
     for e in entries:
         if not e.min <= e.max:
             raise ProfileError(f"profile {path} entry {e.name!r} has Min > Max: regenerate it")
     layout = "glow" if "GlowToolsVersion" in headers else ("glow-2doc" if graph_hash else "legacy")
-    return Profile(entries, headers.get("GlowToolsVersion"), graph_hash, layout, str(path))
+    return Profile(entries, headers.get("GlowToolsVersion"), graph_hash, layout, str(path), unusable)
 
 
 def read_profile(path: str | Path) -> Profile:

@@ -160,6 +160,20 @@ class Harness(_Strict):
 DEFAULT_PERCENTILE_CANDIDATES = (99.997, 99.999, 99.9995, 99.9997)
 
 
+class SpecializationsTemplate(_Strict):
+    """A network-specializations JSON written per partition: `{batch}` and the `values` filled in."""
+
+    template: ConfigPath
+    values: dict[str, Annotated[int, Field(strict=True, ge=0)]] = Field(default_factory=dict)
+
+    @field_validator("values")
+    @classmethod
+    def _not_batch(cls, values: dict) -> dict:
+        if "batch" in values:
+            raise ValueError("`batch` is the partition's batch size: do not set it in values")
+        return values
+
+
 class ModelConfig(_Strict):
     recipe: str | None = None
     source: Source
@@ -177,6 +191,8 @@ class ModelConfig(_Strict):
     # a profile dumped elsewhere (qaic-exec -dump-profile on a card host): compiled with -load-profile of
     # this file; no calibration here (no calibration_profile asset)
     profile: ConfigPath | None = None
+    # -network-specialization-config from a template rendered per partition ({batch} and `values`)
+    specializations: SpecializationsTemplate | None = None
     owners: list[Owner] | None = None  # None: the project's `owners`
     accuracy_threshold: float | None = Field(default=None, gt=0, le=1)
     # compiler flags appended to every compile of this model (after the recipe's, before the batch flags):
@@ -216,6 +232,10 @@ class ModelConfig(_Strict):
         if self.profile is not None and (not self.quantize or (self.calibration and self.calibration.list)):
             raise ValueError("profile: compiles with that profile: it needs quantize: true and no calibration.list "
                              "(remove one of them)")
+        if self.specializations is not None and any(
+                f.startswith("-network-specialization-config") for f in self.extra_flags):
+            raise ValueError("specializations: writes -network-specialization-config per partition: remove that "
+                             "flag from extra_flags")
         if self.percentile == "sweep" and not self.calibrates:
             raise ValueError("percentile: sweep compares candidates from a calibration_profile: it needs "
                              "quantize: true, calibration.list, and no `profile:` or calibration.one_step")
@@ -368,7 +388,7 @@ _SCENARIO_OR_NSP = re.compile(r"^(offline|server|singlestream|multistream|nsp\.[
 def _check_recipes(recipes: Recipes, *, strict: bool) -> None:
     """The config's recipes: keys like the packaged table's, known placeholders, flags in the SDK's grammar,
     no flag the command sets itself, and a `batch` that names {batch} (or is empty: not passed at all)."""
-    from qaic_assets.qaic.flags import FlagError, normalize_args, parse_argv, split_arg
+    from qaic_assets.qaic.flags import FlagError, check_mode, normalize_args, parse_argv, split_arg
     from qaic_assets.qaic.recipes import PLACEHOLDERS, recipe_names
 
     values = {name: 1 for name in PLACEHOLDERS}
@@ -396,7 +416,7 @@ def _check_recipes(recipes: Recipes, *, strict: bool) -> None:
             raise ValueError(f"{where}: {text!r}: unknown placeholder or quote {exc} (placeholders: "
                              f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)})") from None
         try:
-            parse_argv(argv, strict=strict)
+            check_mode(parse_argv(argv, strict=strict), calibrate=where.startswith("recipes.calibrate"))
         except FlagError as exc:
             raise ValueError(f"{where}: {exc}") from None
         own = [a for a in argv if split_arg(a)[0] in RESERVED_COMPILE_FLAGS and not (

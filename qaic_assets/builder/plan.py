@@ -83,7 +83,8 @@ def compile_command(
         profile = cfg.profile if cfg.profile is not None else calibration_dir(config, model, batch) / PROFILE_FILE
     one_step = quantize and cfg.one_step
     argv = compile_argv(backend, config.recipe_of(model), scenario, nsp, batch, inputs.model, profile,
-                        cfg.extra_flags, percentile, values, config.recipe_table, one_step=one_step)
+                        cfg.extra_flags, percentile, values, config.recipe_table, one_step=one_step,
+                        specializations=cfg.specializations is not None)
     return Command(argv=argv, cwd=compile_dir(config, model, partition), output=binary_output(backend))
 
 

@@ -38,10 +38,15 @@ from qaic_assets.builder.reuse import applied_key, find_same_build, input_stats,
 from qaic_assets.builder.store import calibration_dir, choice_path, compile_dir, model_inputs
 from qaic_assets.hashing import sha256_bytes, sha256_file
 from qaic_assets.builder.safe_copy import UnsafeSource, check_tree, copy_checked
-from qaic_assets.qaic.commands import BATCHED_LIST_FILE, BINARY_DIR, PROFILE_FILE, Command
+from qaic_assets.qaic.commands import BATCHED_LIST_FILE, BINARY_DIR, PROFILE_FILE, SPECIALIZATIONS_FILE, Command
 from qaic_assets.qaic.flags import file_flags
 from qaic_assets.qaic.formats.batching import prepare_batched_inputs, selection_sha256
-from qaic_assets.qaic.formats.compile_files import READERS as COMPILE_FILE_READERS, CompileFileError
+from qaic_assets.qaic.formats.compile_files import (
+    READERS as COMPILE_FILE_READERS,
+    SPECIALIZATIONS,
+    CompileFileError,
+    render_template,
+)
 from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
 from qaic_assets.qaic.sdk import Backend, SdkError, settings_backend
@@ -200,8 +205,8 @@ def flag_files(config: Settings, model: str, command: Command) -> dict:
     node_precision = model_inputs(config, model).node_precision
     files = {}
     for name, value in file_flags(command.argv[1:]):
-        if name in _KEYED_ELSEWHERE:
-            continue
+        if name in _KEYED_ELSEWHERE or (name == SPECIALIZATIONS and config.model(model).specializations):
+            continue  # (a specializations template is rendered into the build dir and keyed by its bytes)
         path = Path(value)
         if name == "node-precision-info" and node_precision is not None and path == node_precision:
             what, fix = "node-precision file", f"fix models.{model}.node_precision in {config.source_file}"
@@ -471,9 +476,20 @@ def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, 
     calibration = _calibration_set(config, model, batch, src, command) if cfg.one_step else None
     if calibration is not None:  # one-step quantization: the compile reads the batched samples
         inputs["calibration"] = calibration.input
+    spec = cfg.specializations
+    if spec is not None:  # rendered for this partition beside the binary; the template's bytes are keyed
+        require(spec.template, "specializations template", f"fix models.{model}.specializations.template")
+        inputs["specializations"] = {"path": str(spec.template), "sha256": sha256_file(spec.template),
+                                     "values": {"batch": batch, **spec.values}}
 
     def prepare(tmp: Path) -> dict:  # after_run adds to the same dict: the manifest's `extra`
         extra.update(calibration.prepare(tmp) if calibration else {})
+        if spec is not None:
+            try:
+                text = render_template(spec.template, inputs["specializations"]["values"], kind=SPECIALIZATIONS)
+            except CompileFileError as exc:
+                raise BuildError(f"{exc} (models.{model}.specializations in {config.source_file})") from exc
+            (tmp / SPECIALIZATIONS_FILE).write_text(text)
         return extra
 
     def after_run(tmp: Path) -> None:

@@ -11,7 +11,7 @@ import dagster as dg
 from qaic_assets.builder import service
 from qaic_assets.orchestration.beta import our_beta_apis
 from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, profile_key, source_key
-from qaic_assets.orchestration.metadata import build_metadata, labels, lineage_block, stored_path
+from qaic_assets.orchestration.metadata import build_metadata, labels, lineage_block, relative, stored_path
 from qaic_assets.orchestration.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
@@ -91,6 +91,10 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             profile_partition = target.batch_key
             metadata |= {"profile": dg.MetadataValue.asset(profile_key(model)),
                          "profile_partition": dg.MetadataValue.text(profile_partition)}
+        for flag, spec in (built.inputs.get("files") or {}).items():  # specializations, custom IO, MDP: read
+            if "summary" in spec:
+                metadata[flag.lstrip("-").replace("-", "_").lower()] = dg.MetadataValue.json(
+                    {"path": relative(settings, spec["path"]), "sha256": spec["sha256"], **spec["summary"]})
         if "calibration" in built.inputs:  # one-step quantization: the compile calibrated
             metadata |= {"calibration_list": stored_path(settings, built.inputs["calibration"]["list"]),
                          "calibration_sha256": built.inputs["calibration"]["sha256"]}

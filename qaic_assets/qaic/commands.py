@@ -16,6 +16,7 @@ from qaic_assets.qaic.sdk import Backend
 PROFILE_FILE = "profile.yaml"
 BATCHED_LIST_FILE = "batched_input_files"
 BINARY_DIR = "elfs"
+SPECIALIZATIONS_FILE = "specializations.json"  # a model's specializations template, rendered for the partition
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def calibrate_argv(backend: Backend, recipe: str, batch: int, model_file: Path, 
 
 def compile_argv(backend: Backend, recipe: str, scenario: str, nsp: int, batch: int, model_file: Path,
                  profile: Path | None, extra_flags: list[str], percentile: float | str | None,
-                 values: dict, table: dict | None = None, *, one_step: bool = False) -> list[str]:
+                 values: dict, table: dict | None = None, *, one_step: bool = False,
+                 specializations: bool = False) -> list[str]:
     """qaic-exec -model=M [-load-profile=P | -input-list-file=L] -aic-binary-dir=D <params_base> <args>
     <args_sut> <extra_flags> <batch flags: -batchsize=B> [percentile flags]. `one_step`: the SDK's one-step
     quantization, the batched calibration list instead of a profile. Not quantized: the recipe's
@@ -75,7 +77,8 @@ def compile_argv(backend: Backend, recipe: str, scenario: str, nsp: int, batch: 
     resolved = recipes.resolve_compile(recipe, scenario, nsp, table)
     flags = [*expand(resolved.params_base, **values), *expand(resolved.args, **values),
              *expand(resolved.args_sut, **values),
-             *extra_flags]  # validated at config load; one argv item each, never split
+             *extra_flags,  # validated at config load; one argv item each, never split
+             *([f"-network-specialization-config={SPECIALIZATIONS_FILE}"] if specializations else [])]
     if one_step:
         precision = [f"-input-list-file={BATCHED_LIST_FILE}"]
     elif profile is not None:

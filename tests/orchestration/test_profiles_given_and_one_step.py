@@ -76,3 +76,44 @@ def test_one_step_quantization_gives_the_compile_the_batched_list(tiny_project):
     project.materialize(binary_key("tiny"), "bs2|offline-nsp14")
     assert len(_compiles(project)) == before + 1
     assert Path(argv[0]).name == "qaic-exec"
+
+
+LLAMA_TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "compile_files" / "llama_specializations_template.json"
+
+
+def test_a_specializations_template_is_written_per_partition_beside_the_binary(tiny_project):
+    """The SDK's LLM recipes fill one specializations template per compile (quic/cloud-ai-sdk
+    models/language_processing/decoder/LlamaForCausalLM/specializations_template.json @
+    bace0a7226f16f8d3977cc4558fa19d58b62e5dc, filled by `sed` there): here `{batch}` is the partition's."""
+    import json
+
+    project = tiny_project
+    template = project.root / "spec.json"
+    template.write_text(LLAMA_TEMPLATE.read_text().replace('"BS"', '"{batch}"').replace('"PL"', '"{prompt_len}"')
+                        .replace('"CL"', '"{ctx_len}"'))
+    _model_lines(project, "    calibration: {list: cal/cal.txt}\n", "    calibration: {list: cal/cal.txt}\n"
+                 "    specializations: {template: spec.json, values: {prompt_len: 32, ctx_len: 128}}\n")
+    project.observe_sdk()
+    project.materialize(source_key("tiny"))
+    for batch in (1, 2):
+        project.materialize(profile_key("tiny"), f"bs{batch}")
+        assert project.materialize(binary_key("tiny"), f"bs{batch}|offline-nsp14").success
+        assert "-network-specialization-config=specializations.json" in _compiles(project)[-1]
+        written = json.loads((project.root / f"store/tiny/compiled/bs{batch}/offline-nsp14/specializations.json")
+                             .read_text())
+        assert written["specializations"] == [{"batch_size": str(batch), "seq_len": "32", "ctx_len": "128"},
+                                               {"batch_size": str(batch), "seq_len": "1", "ctx_len": "128"}]
+    before = len(_compiles(project))
+    _model_lines(project, "prompt_len: 32", "prompt_len: 64")  # another value: another build
+    project.materialize(binary_key("tiny"), "bs1|offline-nsp14")
+    assert len(_compiles(project)) == before + 1
+    template.write_text(template.read_text().replace("{ctx_len}", "{context}"))  # unknown placeholder
+    import dagster as dg
+
+    key = binary_key("tiny")
+    outcome = dg.materialize([project.defs.resolve_asset_graph().get(key).assets_def], instance=project.instance,
+                             partition_key="bs1|offline-nsp14", selection=[key], raise_on_error=False)
+    assert not outcome.success
+    message = next(e for e in outcome.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "{context}" in message and "models.tiny.specializations" in message
+    assert len(_compiles(project)) == before + 1  # refused before any compiler call

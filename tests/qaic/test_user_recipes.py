@@ -99,6 +99,10 @@ def test_editing_a_user_recipe_changes_the_code_version(tmp_path):
      "the command sets it itself"),
     ("recipes:\n  compile:\n    sd-vae: {params_base: -aic-hw -quantization-schema=bogus}\n",
      "expects one of"),
+    ("recipes:\n  calibrate:\n    sd-vae: -aic-hw -profiling-threads=2\n",
+     "recipes.calibrate.sd-vae: flag -aic-hw is not valid when calibrating"),
+    ("recipes:\n  compile:\n    sd-vae: {params_base: -aic-hw -num-histogram-bins=512}\n",
+     "flag -num-histogram-bins is not valid when compiling"),
 ])
 def test_a_bad_user_recipe_is_refused_naming_the_entry(tmp_path, recipes, needle):
     with pytest.raises(ConfigError, match=needle):

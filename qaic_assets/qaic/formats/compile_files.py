@@ -154,6 +154,14 @@ def _list(label: str, field: str, value: Any, shape: str, *, what: str) -> list:
     return value
 
 
+def _unique(label: str, field: str, name: str, named_at: dict[str, int], index: int, listed: str, what: str) -> None:
+    """Record `name` at `index`; a name already given is a CompileFileError naming both places."""
+    if name in named_at:
+        raise CompileFileError(label, field, f"{json.dumps(name)} is already the name of {listed}[{named_at[name]}]",
+                               f"give every {what} its own name")
+    named_at[name] = index
+
+
 def _found(key: str, close: list[str]) -> str:
     if not close:
         return ""
@@ -251,10 +259,7 @@ def read_specializations(path: str | Path, data: bytes | str | None = None, *,
                                        'write {"name": "Prefill", "symbols": {"batch_size": "1", ...}}')
             name = _name(label, f"{field}.name", _required(label, item, "name", f"{field}.name", _SPEC_SHAPE),
                          "name the graph (Prefill, Decode, ...)")
-            if name in named_at:
-                raise CompileFileError(label, f"{field}.name", f"{json.dumps(name)} is already the name of "
-                                       f"specializations[{named_at[name]}]", "give every graph its own name")
-            named_at[name] = i
+            _unique(label, f"{field}.name", name, named_at, i, "specializations", "graph")
             names.append(name)
             symbols = _object(label, f"{field}.symbols", item["symbols"], _SPEC_SHAPE)
             entries.append(_symbols(label, f"{field}.symbols", symbols))
@@ -405,10 +410,7 @@ def read_mdp_config(path: str | Path, data: bytes | str | None = None, *, label:
         item = _object(label, field, item, _MDP_SHAPE)
         name = _name(label, f"{field}.name", _required(label, item, "name", f"{field}.name", _MDP_SHAPE),
                      'name the partition ("Partition0", ...)')
-        if name in named_at:
-            raise CompileFileError(label, f"{field}.name", f"{json.dumps(name)} is already the name of "
-                                   f"partitions[{named_at[name]}]", "give every partition its own name")
-        named_at[name] = i
+        _unique(label, f"{field}.name", name, named_at, i, "partitions", "partition")
         devices = _list(label, f"{field}.devices", _required(label, item, "devices", f"{field}.devices", _MDP_SHAPE),
                         dev_fix, what="device")
         seen: dict[int, int] = {}

@@ -183,9 +183,16 @@ def cmd_import_command(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise CommandError(f"{out} exists: choose another --output, or --force to replace it")
-    out.write_text("# made by: qaic-assets import-command -- " + shlex.join(command) + "\n"
-                   + yaml.safe_dump(config, sort_keys=False, width=120))
-    load_settings(out)  # the file is a valid config (else the ConfigError names the field)
+    draft = out.with_name(f".{out.name}.draft")  # validated before it replaces anything
+    draft.write_text("# made by: qaic-assets import-command -- " + shlex.join(command) + "\n"
+                     + yaml.safe_dump(config, sort_keys=False, width=120))
+    try:
+        load_settings(draft)  # a valid config, else the ConfigError names the field
+    except ConfigError as exc:
+        draft.unlink()
+        raise CommandError(f"the command gives no valid config ({out} not written): "
+                           + str(exc).replace(str(draft), str(out))) from None
+    draft.replace(out)
     print(f"wrote {out}: model {name!r}, recipe {name!r}, matrix {config['matrix']}")
     print(f"next: qaic-assets --config {shlex.quote(str(out))} plan --model {shlex.quote(name)} --json")
     return 0

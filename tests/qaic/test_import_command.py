@@ -140,3 +140,18 @@ def test_the_corpus_names_its_sources_and_most_of_it_round_trips():
     assert all(r["repo"] and r["path"] and r["raw"] for r in RECORDS)
     assert sum(bool(r["commit"]) for r in RECORDS) >= 150
     assert len({r["repo"] for r in RECORDS}) >= 7
+
+
+def test_a_command_that_gives_no_valid_config_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qaic.yaml").write_text("# the user's own\n")
+    (tmp_path / "m.onnx").touch()
+    # a batch of 5000: the matrix allows at most 4096
+    assert main(["import-command", "--force", "--", "qaic-exec", "-m=m.onnx", "-aic-binary-dir=o",
+                 "-batchsize=5000", "-convert-to-fp16"]) == 1
+    assert "no valid config" in capsys.readouterr().err
+    assert (tmp_path / "qaic.yaml").read_text() == "# the user's own\n" and not list(tmp_path.glob(".qaic*"))
+    assert main(["import-command", "--", "qaic-exec", "-m=m.onnx", "-aic-num-cores=4"]) == 1
+    assert "neither a compile (-aic-binary-dir) nor a calibration" in capsys.readouterr().err
+    assert main(["import-command", "--", "python", "-m", "QEfficient.cloud.infer"]) == 1
+    assert "must start with qaic-compile or qaic-exec" in capsys.readouterr().err

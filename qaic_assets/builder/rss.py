@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import sys
 
-#: How often the child's own high-water mark (/proc/<pid>/status VmHWM) is sampled.
+#: How often the child's own high-water mark (/proc/<pid>/status VmHWM) is sampled, and when first: not
+#: at once, as right after exec the child's VmHWM is a few pages (a compiler that then ended before
+#: the next sample was reported with a peak of ~0 MB).
 _RSS_SAMPLE_S = 0.2
+_FIRST_SAMPLE_S = 0.05
 
 
 def _self_peak_rss() -> int:
@@ -51,9 +54,11 @@ class PeakRss:
     def __init__(self) -> None:
         self.parent_peak = _self_peak_rss()
         self.sampled = 0
-        self._next = 0.0
+        self._next: float | None = None
 
     def sample(self, pid: int, now: float) -> None:
+        if self._next is None:
+            self._next = now + _FIRST_SAMPLE_S
         if now >= self._next:
             self._next = now + _RSS_SAMPLE_S
             self.sampled = max(self.sampled, _read_vmhwm(pid))

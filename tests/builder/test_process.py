@@ -468,3 +468,18 @@ def test_sha256_file_matches_hashlib(tmp_path):
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 
+
+
+def test_peak_rss_is_not_sampled_right_after_exec(monkeypatch):
+    """Right after exec a child's VmHWM is a few pages: a compiler that ended before the next sample was
+    reported with a peak of 0 MB (a flaky test_ops_run_exactly_the_plan_and_record_it). The first sample
+    waits _FIRST_SAMPLE_S; a child gone before it falls back to wait4's upper bound."""
+    from qaic_assets.builder import rss
+
+    reads = []
+    monkeypatch.setattr(rss, "_read_vmhwm", lambda pid: reads.append(pid) or 12 << 20)
+    peak = rss.PeakRss()
+    peak.sample(7, now=100.0)
+    assert reads == [] and peak.resolve(wait4_peak=1) == 1  # nothing sampled: wait4's value
+    peak.sample(7, now=100.0 + rss._FIRST_SAMPLE_S)
+    assert reads == [7] and peak.resolve(wait4_peak=peak.parent_peak) == 12 << 20

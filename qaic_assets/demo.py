@@ -74,6 +74,13 @@ def worker_start_method(choice: str | None = None) -> str:
     return "fork" if single and sys.platform.startswith("linux") else start_method()  # macOS: fork is unsafe
 
 
+def demo_log(config: Settings) -> Path:
+    """Dagster's console output during a demo, under the storage root: never in $DAGSTER_HOME/logs,
+    which is Dagster's telemetry queue (a webserver start moves what it finds there to .logs_queue,
+    to be uploaded and deleted)."""
+    return Path(config.storage_root) / "logs" / "demo.log"
+
+
 def dagster_home() -> str:
     """The instance's directory: DagsterInstance.get() opens $DAGSTER_HOME (the Makefile sets it)."""
     return os.path.abspath(os.environ["DAGSTER_HOME"])
@@ -367,7 +374,7 @@ def main() -> int:
     config = load_settings()
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        log = Path(dagster_home()) / "logs" / "demo.log"
+        log = demo_log(config)
         runs = plan_runs(config)
         print(f"materializing {sum(len(r.steps) for r in runs)} steps in {len(runs)} runs "
               f"(steps already up to date launch no run); Dagster's own log: {log}", flush=True)

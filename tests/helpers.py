@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import dagster as dg
 
@@ -37,3 +43,52 @@ def latest(instance, key, partition):
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
     return records[0].asset_materialization if records else None
+
+
+LOCATION = "qaic_assets.definitions"
+
+
+def stop_session(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a process started in its own session, with everything it started."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def start_webserver(project, log: Path) -> tuple[subprocess.Popen, str]:
+    """dagster-webserver on the project's DAGSTER_HOME and config, on a free port: (process, base URL),
+    once /server_info answers (a guard of 90 s against a hang; raises with the log's tail)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DAGSTER_HOME": str(project.home), "QAIC_ASSETS_CONFIG": str(project.config_path)}
+    for var in ("QAIC_SDK_ROOT", "QAIC_ASSETS_STORAGE_ROOT"):
+        env.pop(var, None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1",
+                                 "-p", str(port), "-m", LOCATION], cwd=project.root, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dagster-webserver exited ({proc.returncode}):\n" + log.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(base + "/server_info", timeout=2) as response:
+                if response.status == 200:
+                    return proc, base
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_session(proc)
+            raise RuntimeError("dagster-webserver did not answer within 90 s:\n" + log.read_text()[-3000:])
+        time.sleep(0.5)

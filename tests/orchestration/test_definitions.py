@@ -180,3 +180,19 @@ def test_only_transient_build_failures_may_be_retried():
     with pytest.raises(dg.RetryRequested) as retried, as_failure():
         raise BuildError("the output is locked by run X", transient=True)
     assert retried.value.max_retries == 2 and isinstance(retried.value.__cause__, BuildError)
+
+
+@pytest.mark.parametrize("instance_yaml", ["dagster_home/dagster.yaml", "deploy/dagster.yaml"])
+def test_the_shipped_instances_send_no_telemetry_and_show_no_first_start_prompt(instance_yaml, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    source = Path(__file__).resolve().parents[2] / instance_yaml
+    settings = yaml.safe_load(source.read_text())
+    assert settings["telemetry"] == {"enabled": False} and settings["nux"] == {"enabled": False}
+    if instance_yaml.startswith("dagster_home"):  # Dagster reads them as meant (the deploy one needs Postgres)
+        shutil.copy(source, tmp_path / "dagster.yaml")
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            assert instance.nux_enabled is False and instance.telemetry_enabled is False

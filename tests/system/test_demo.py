@@ -13,6 +13,7 @@ import warnings
 import dagster as dg
 
 from conftest import write_tiny_project
+from qaic_assets.demo import demo_log
 from fake_sdk import read_calls
 
 STEP = re.compile(r"^\[(ok|up to date|FAILED|not run)\] (\S+)(?: ([^\s(]\S*))?")
@@ -126,7 +127,7 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
     assert len(failed) == 1 and "qaic-exec does not exist" in failed[0]
     assert "Traceback" not in done.stdout + done.stderr and "SdkError" not in done.stdout + done.stderr
     assert "failed runs: calibration_profiles bs1" in done.stdout
-    assert "SdkError" in (project.home / "logs" / "demo.log").read_text()  # the stack traces are kept there
+    assert "SdkError" in demo_log(project.config).read_text()  # the stack traces are kept there
 
 
 
@@ -162,5 +163,22 @@ def test_on_a_terminal_dagster_output_still_goes_to_the_log(tmp_path):
     text = out.decode(errors="replace")
     assert "\x1b[" in text and "[FAILED]" in text and "qaic-exec does not exist" in text  # the live display
     assert "SdkError" not in text and "Traceback" not in text and "run workers" not in text
-    log = (project.home / "logs" / "demo.log").read_text()
+    log = demo_log(project.config).read_text()
     assert "SdkError" in log and "run workers: 2, started by fork" in log
+
+
+def test_the_demo_log_is_not_in_dagsters_telemetry_queue_and_survives_a_webserver_start(tmp_path):
+    """$DAGSTER_HOME/logs is Dagster's telemetry queue: a webserver start moves what it finds there to
+    .logs_queue, to be uploaded and deleted. The demo's log lives under the storage root instead."""
+    from helpers import start_webserver, stop_session
+
+    project = write_tiny_project(tmp_path / "project", batch=[1])
+    (project.sdk / "exec" / "qaic-exec").unlink()  # a quick demo that still logs (its failures)
+    assert _demo(project).returncode == 1
+    log = demo_log(project.config)
+    text = log.read_text()
+    assert "SdkError" in text and log.is_relative_to(project.config.storage_root)
+    proc, _ = start_webserver(project, tmp_path / "webserver.log")
+    stop_session(proc)
+    assert log.read_text() == text  # untouched by the webserver's start
+    assert not [p for p in project.home.rglob("*") if p.is_file() and "demo" in p.name]

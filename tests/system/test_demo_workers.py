@@ -9,6 +9,7 @@ import dagster as dg
 import yaml
 
 from conftest import write_tiny_project
+from qaic_assets.demo import demo_log
 from fake_sdk import read_calls, read_exits
 from test_demo import _demo, _steps
 
@@ -41,7 +42,7 @@ def test_a_run_worker_that_dies_fails_its_run_and_the_demo_goes_on(tmp_path, mon
 
 
 def _demo_log(project) -> list[str]:
-    return (project.home / "logs" / "demo.log").read_text().splitlines()
+    return demo_log(project.config).read_text().splitlines()
 
 
 

@@ -9,15 +9,9 @@ virtual-time budget, so the React app has fetched and rendered its data) and the
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,9 +19,9 @@ import dagster as dg
 import pytest
 
 from conftest import write_tiny_project
+from helpers import LOCATION, start_webserver, stop_session
 from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 
-LOCATION = "qaic_assets.definitions"
 PAGE_TIMEOUT_S = 45
 
 
@@ -38,28 +32,6 @@ def chromium() -> str:
     if not exe:
         pytest.skip("no chromium on PATH: `make browser` installs it (as root, with apt-get)")
     return exe
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """Stop a process started in its own session, with everything it started."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
@@ -74,36 +46,14 @@ def webserver(tmp_path_factory):
         project.materialize(binary_key("tiny"), "bs1|offline-nsp14")
     project.instance = None
 
-    port = _free_port()
-    log = (project.root / "webserver.log").open("wb")
-    env = {**os.environ, "DAGSTER_HOME": str(project.home), "QAIC_ASSETS_CONFIG": str(project.config_path)}
-    for var in ("QAIC_SDK_ROOT", "QAIC_ASSETS_STORAGE_ROOT"):
-        env.pop(var, None)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1", "-p", str(port),
-         "-m", LOCATION],
-        cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"dagster-webserver exited ({proc.returncode}):\n"
-                            + (project.root / "webserver.log").read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(base + "/server_info", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("dagster-webserver did not answer within 90 s:\n"
-                            + (project.root / "webserver.log").read_text()[-3000:])
-            time.sleep(0.5)
+        proc, base = start_webserver(project, project.root / "webserver.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         yield base, project
     finally:
-        _stop(proc)
-        log.close()
+        stop_session(proc)
 
 
 def render(chromium: str, url: str, profile: Path, budget_ms: int = 15000) -> str:
@@ -116,10 +66,10 @@ def render(chromium: str, url: str, profile: Path, budget_ms: int = 15000) -> st
     try:
         out, err = proc.communicate(timeout=PAGE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _stop(proc, timeout=5)
+        stop_session(proc, timeout=5)
         pytest.fail(f"chromium did not finish rendering {url} within {PAGE_TIMEOUT_S} s")
     finally:
-        _stop(proc, timeout=5)
+        stop_session(proc, timeout=5)
     assert proc.returncode == 0, f"chromium failed on {url}: {err.decode(errors='replace')[-1500:]}"
     return out.decode("utf-8", errors="replace")
 

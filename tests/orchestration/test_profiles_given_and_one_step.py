@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fake_sdk import read_calls
 from helpers import latest
 from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
@@ -117,3 +119,23 @@ def test_a_specializations_template_is_written_per_partition_beside_the_binary(t
     message = next(e for e in outcome.all_events if e.is_step_failure).step_failure_data.error.message
     assert "{context}" in message and "models.tiny.specializations" in message
     assert len(_compiles(project)) == before + 1  # refused before any compiler call
+
+
+@pytest.mark.project(backend="cpu")
+def test_one_step_on_the_cpu_compiler_is_int8_calibrated_from_the_batched_list(tiny_project):
+    import json
+
+    project = tiny_project
+    _model_lines(project, "    calibration: {list: cal/cal.txt}\n",
+                 "    calibration: {list: cal/cal.txt, one_step: true}\n"
+                 "    extra_flags: -convert-to-quantize -quantization-precision=Int8\n")
+    project.materialize(source_key("tiny"))
+    assert project.materialize(binary_key("tiny"), "bs2|offline-nsp14").success
+    out = project.root / "store/tiny/compiled/bs2/offline-nsp14/elfs"
+    info = json.loads((out / "qaic-exec-cpu.json").read_text())
+    # 5 samples in batches of 2: 3 batched files, the last padded with the last sample (the seed's batching)
+    assert info["inline_calibration"]["batches"] == 3 and info["inline_calibration"]["samples"] == 6
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "programqpc.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # int8, not a silent fp32 binary

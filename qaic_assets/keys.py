@@ -8,9 +8,16 @@ names its work by these keys too.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SCENARIOS = ("offline", "server", "singlestream", "multistream")
+
+
+def dagster_name(model: str) -> str:
+    """A model's name where Dagster allows only letters, digits and '_' (group, op and job names):
+    '-' and '.' become '_'. Two models with the same Dagster name are refused at config load."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", model)
 #: the dimensions of a binary's partitions, in the order Dagster joins them (sorted by name)
 DIMENSIONS = ("batch", "target")
 SEPARATOR = "|"

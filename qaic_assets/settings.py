@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from qaic_assets.keys import SCENARIOS, BinaryPartition, batch_key, target_key
+from qaic_assets.keys import SCENARIOS, BinaryPartition, batch_key, dagster_name, target_key
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 STANDIN_KINDS = ("resnet50", "retinanet", "bert-99")
@@ -329,6 +329,13 @@ class Settings(_Strict):
                     f"model name {name!r} is not allowed: use at most 63 letters, digits, '_', '-', '.' "
                     "(no '/', '..' or spaces), since it becomes an asset key, a directory and a tag"
                 )
+        seen: dict[str, str] = {}
+        for name in models:
+            other = seen.setdefault(dagster_name(name), name)
+            if other != name:
+                raise ValueError(f"models {other!r} and {name!r} both become the Dagster name "
+                                 f"{dagster_name(name)!r} (Dagster allows only letters, digits and '_': '-' "
+                                 "and '.' become '_'): rename one of them")
         return models
 
     @property

@@ -121,3 +121,14 @@ def test_backend_choice(tmp_path):
     with pytest.raises(SdkError, match="QAIC_SDK_ROOT"):
         select_backend("qaic", missing)
     assert select_backend("qaic", missing, require=False).version == "not-installed"
+
+
+def test_two_model_names_that_become_the_same_dagster_name_are_refused(tmp_path):
+    from qaic_assets.settings import ConfigError, load_settings
+
+    cfg = tmp_path / "qaic.yaml"
+    cfg.write_text("matrix: {scenarios: [offline], nsp: [14], batch: [1]}\nmodels:\n"
+                   "  a-b: {source: {standin: resnet50}, recipe: resnet50}\n"
+                   "  a_b: {source: {standin: resnet50}, recipe: resnet50}\n")
+    with pytest.raises(ConfigError, match=r"models 'a-b' and 'a_b' both become the Dagster name 'a_b'.*rename one"):
+        load_settings(cfg)

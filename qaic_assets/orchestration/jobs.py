@@ -10,7 +10,7 @@ import dagster as dg
 
 from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.orchestration.percentile import choice_key
-from qaic_assets.keys import SEPARATOR, BinaryPartition
+from qaic_assets.keys import SEPARATOR, BinaryPartition, dagster_name
 from qaic_assets.settings import Settings
 
 OBSERVE_JOB = "observe_qaic_sdk"
@@ -21,7 +21,7 @@ def matrix_jobs(config: Settings) -> dict[str, tuple[str, str]]:
     """Per model: (calibration job, compile job) names."""
     jobs = {}
     for model in config.model_names:
-        prefix = "" if config.model(model).matrix is None else f"{model}_"
+        prefix = "" if config.model(model).matrix is None else f"{dagster_name(model)}_"
         jobs[model] = (f"{prefix}calibration_profiles", f"{prefix}compiled_binaries")
     return jobs
 

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import re
-
 import dagster as dg
+
+from qaic_assets.keys import dagster_name
 
 SDK_KEY = dg.AssetKey("qaic_sdk")
 POOL = "qaic_compile"
@@ -29,5 +29,5 @@ def binary_key(model: str) -> dg.AssetKey:
 
 
 def group_name(model: str) -> str:
-    """Dagster group names allow no '-' or '.'."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", model)
+    """Dagster group names allow no '-' or '.' (keys.dagster_name)."""
+    return dagster_name(model)

@@ -182,3 +182,17 @@ def test_the_demo_log_is_not_in_dagsters_telemetry_queue_and_survives_a_webserve
     stop_session(proc)
     assert log.read_text() == text  # untouched by the webserver's start
     assert not [p for p in project.home.rglob("*") if p.is_file() and "demo" in p.name]
+
+
+def test_a_model_name_with_dashes_and_a_matrix_of_its_own_builds_in_the_demo(tmp_path):
+    """`my-tiny.v2` is a valid model name (an asset key and a directory); Dagster's group, op and job
+    names allow no '-' or '.', so they become '_' (the demo ended in a raw Dagster traceback before)."""
+    project = write_tiny_project(tmp_path / "project", batch=[1])
+    text = project.config_path.read_text()
+    project.config_path.write_text(text.replace("  tiny:\n", "  my-tiny.v2:\n    matrix: {scenarios: [offline], "
+                                                               "nsp: [14], batch: [2]}\n", 1))
+    done = _demo(project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = {(what, part) for status, what, part in _steps(done.stdout) if status == "ok"}
+    assert ("my-tiny.v2/compiled_binary", "bs2|offline-nsp14") in steps
+    assert "Traceback" not in done.stdout + done.stderr

@@ -128,6 +128,17 @@ def _set(path: list, value):
     return change
 
 
+def _refused_naming_file_and_field(reader, path, text: str, field: str, problem: str) -> None:
+    """`reader` refuses the file with `<file>: <field>: <problem>; <fix>` (and says which, as attributes)."""
+    path.write_text(text)
+    with pytest.raises(CompileFileError) as err:
+        reader(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {field}: "), message
+    assert problem in message and "; " in message.split(f"{field}: ", 1)[1], message
+    assert (err.value.file, err.value.field) == (str(path), field)
+
+
 SPEC_CASES = [
     ("bad JSON", '{"specializations": [{"batch_size": "1",}]}', "line 1 column 41", "not JSON"),
     ("unquoted placeholder", '{"specializations": [{"batch_size": {batch}}]}', "line 1 column 38",
@@ -177,14 +188,7 @@ SPEC_CASES = [
 
 @pytest.mark.parametrize("case, text, field, problem", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
 def test_malformed_specializations_name_the_file_and_the_field(tmp_path, case, text, field, problem):
-    path = tmp_path / "specializations.json"
-    path.write_text(text)
-    with pytest.raises(CompileFileError) as err:
-        cf.read_specializations(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}: {field}: "), message
-    assert problem in message and "; " in message.split(f"{field}: ", 1)[1], message
-    assert (err.value.file, err.value.field) == (str(path), field)
+    _refused_naming_file_and_field(cf.read_specializations, tmp_path / "specializations.json", text, field, problem)
 
 
 MDP_CASES = [
@@ -235,13 +239,7 @@ MDP_CASES = [
 
 @pytest.mark.parametrize("case, text, field, problem", MDP_CASES, ids=[c[0] for c in MDP_CASES])
 def test_malformed_mdp_configs_name_the_file_and_the_field(tmp_path, case, text, field, problem):
-    path = tmp_path / "mdp.json"
-    path.write_text(text)
-    with pytest.raises(CompileFileError) as err:
-        cf.read_mdp_config(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}: {field}: "), message
-    assert problem in message and "; " in message.split(f"{field}: ", 1)[1], message
+    _refused_naming_file_and_field(cf.read_mdp_config, tmp_path / "mdp.json", text, field, problem)
 
 
 IO_CASES = [
@@ -275,13 +273,7 @@ IO_CASES = [
 
 @pytest.mark.parametrize("case, text, field, problem", IO_CASES, ids=[c[0] for c in IO_CASES])
 def test_malformed_custom_io_names_the_file_and_the_field(tmp_path, case, text, field, problem):
-    path = tmp_path / "custom_io.yaml"
-    path.write_text(text)
-    with pytest.raises(CompileFileError) as err:
-        cf.read_custom_io(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}: {field}: "), message
-    assert problem in message and "; " in message.split(f"{field}: ", 1)[1], message
+    _refused_naming_file_and_field(cf.read_custom_io, tmp_path / "custom_io.yaml", text, field, problem)
 
 
 def test_unreadable_and_non_utf8_files(tmp_path):

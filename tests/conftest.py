@@ -52,10 +52,11 @@ class TinyProject:
         self._defs = build_definitions(self.config)
         return self._defs
 
-    def materialize(self, key: dg.AssetKey, partition: str | None = None, **tags: str):
+    def materialize(self, key: dg.AssetKey, partition: str | None = None, *, raise_on_error: bool = True,
+                    **tags: str):
         graph = self.defs.resolve_asset_graph()
         return dg.materialize([graph.get(key).assets_def], instance=self.instance, partition_key=partition,
-                              selection=[key], tags=tags or None)
+                              selection=[key], tags=tags or None, raise_on_error=raise_on_error)
 
     def observe_sdk(self) -> dg.AssetObservation:
         from qaic_assets.orchestration.jobs import OBSERVE_JOB

@@ -92,3 +92,15 @@ def start_webserver(project, log: Path) -> tuple[subprocess.Popen, str]:
             stop_session(proc)
             raise RuntimeError("dagster-webserver did not answer within 90 s:\n" + log.read_text()[-3000:])
         time.sleep(0.5)
+
+
+def failure_message(result) -> str:
+    """The step failure's message as the UI shows it (with the chain of causes, if any)."""
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert failures, "the run failed without a step failure"
+    error, parts = failures[0].step_failure_data.error, []
+    while error is not None:
+        parts.append(error.message)
+        error = error.cause
+    return "\n".join(parts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from fake_sdk import read_calls
-from helpers import latest
+from helpers import failure_message, latest
 from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 
 PASTED = "    extra_flags: '--aic-num-cores 4 -mdts-mos=1 -sub-functions'\n"
@@ -45,13 +45,6 @@ def test_the_cpu_compiler_refuses_a_flag_it_cannot_honour_by_name(tiny_project):
     _paste(project)
     project.materialize(source_key("tiny"))
     project.materialize(profile_key("tiny"), "bs1")
-    result = project.defs.resolve_asset_graph()
-    import dagster as dg
-
-    key = binary_key("tiny")
-    outcome = dg.materialize([result.get(key).assets_def], instance=project.instance, partition_key="bs1|offline-nsp14",
-                             selection=[key], raise_on_error=False)
-    assert not outcome.success
-    message = next(e for e in outcome.all_events if e.is_step_failure).step_failure_data.error.message
+    message = failure_message(project.materialize(binary_key("tiny"), "bs1|offline-nsp14", raise_on_error=False))
     assert "unknown flag -mdts-mos" in message and "Traceback" not in message
-    assert not project.instance.fetch_materializations(key, limit=1).records
+    assert not project.instance.fetch_materializations(binary_key("tiny"), limit=1).records

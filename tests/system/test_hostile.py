@@ -19,10 +19,10 @@ import dagster as dg
 import pytest
 
 from fake_sdk import read_calls
+from helpers import failure_message
 from test_reliability import (  # noqa: F401  (fixtures)
     PARTITION,
     assert_nothing_lost,
-    failure_message,
     finish,
     project,
     read_exits,

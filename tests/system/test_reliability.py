@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from fake_sdk import read_calls, read_exits, write_tiny_files
-from helpers import latest, wait_gone
+from helpers import failure_message, latest, wait_gone
 from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 from qaic_assets.settings import ConfigError, load_settings
 from qaic_assets.orchestration import build_definitions
@@ -131,18 +131,6 @@ class Project:
     def leftovers(self) -> list[str]:
         """Temporary dirs, old copies, locks and partial downloads anywhere under the storage root."""
         return [str(p.relative_to(self.store)) for p in self.store.rglob(".*")]
-
-
-def failure_message(result) -> str:
-    """The step failure's message as the UI shows it (with the chain of causes, if any)."""
-    assert not result.success
-    failures = [e for e in result.all_events if e.is_step_failure]
-    assert failures, "the run failed without a step failure"
-    error, parts = failures[0].step_failure_data.error, []
-    while error is not None:
-        parts.append(error.message)
-        error = error.cause
-    return "\n".join(parts)
 
 
 def assert_nothing_lost(project: Project, before: dict) -> None:

@@ -50,10 +50,9 @@ def build_definitions(config: Settings, resources: dict | None = None) -> dg.Def
     assets = [sdk_asset(config.backend)]
     for model in config.model_names:
         assets += model_assets(config, model, automation_condition=automation.condition)
-    with our_beta_apis():  # the UI's link from an asset to the code that defines it
-        assets = dg.with_source_code_references(assets)
-    defs = dg.Definitions(assets=assets, jobs=[observe, *build_jobs(config)], sensors=automation.sensors,
-                          schedules=automation.schedules, executor=executor_from_env(), resources=resources)
-    with our_beta_apis():  # resolved once here (Dagster caches it), so its own deprecation stays quiet
-        defs.resolve_asset_graph()
+    with our_beta_apis():
+        defs = dg.Definitions(assets=dg.with_source_code_references(assets),  # the UI's link to the code
+                              jobs=[observe, *build_jobs(config)], sensors=automation.sensors,
+                              schedules=automation.schedules, executor=executor_from_env(), resources=resources)
+        defs.resolve_asset_graph()  # resolved once here (Dagster caches it): its own deprecation stays quiet
     return defs

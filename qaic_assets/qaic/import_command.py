@@ -54,24 +54,23 @@ def config_from_command(command: str | list[str], *, model: str, cwd: Path, scen
         raise CommandImportError(f"{exc}") from None
     calibrating = "dump-profile" in parsed
     if not calibrating and "aic-binary-dir" not in parsed:
-        raise CommandImportError("neither a compile (-aic-binary-dir) nor a calibration (-dump-profile): only those "
-                           "two build an asset")
+        raise CommandImportError("neither a compile (-aic-binary-dir) nor a calibration (-dump-profile): only "
+                                 "those two build an asset")
     if "model" not in parsed:
         raise CommandImportError("the command names no model (-model= or -m=)")
     if calibrating and "input-list-file" not in parsed:
         raise CommandImportError("a calibration here profiles an input list: add -input-list-file=<list of raw "
                                  "files> (other input sources, like -json-input-file, are not imported)")
 
-    batch, batch_template, batch_arg = 1, "", None
+    batch, batch_template, batch_flag = 1, "", None  # batch_flag: (flag, value prefix) of the batch's items
     if "batchsize" in parsed:
-        batch, batch_template = int(parsed.get("batchsize")), "-batchsize={batch}"
-        batch_arg = "batchsize"
+        batch, batch_template, batch_flag = int(parsed.get("batchsize")), "-batchsize={batch}", ("batchsize", "")
     else:
         symbol = next((s for s in parsed.symbols if s in BATCH_SYMBOLS), None)
         if symbol is not None:
             batch, batch_template = parsed.symbols[symbol], f"-onnx-define-symbol={symbol},{{batch}}"
-            batch_arg = f"-onnx-define-symbol={symbol},{parsed.symbols[symbol]}"
-    nsp = parsed.get_int("aic-num-cores", DEFAULT_NSP) if "aic-num-cores" in parsed else DEFAULT_NSP
+            batch_flag = ("onnx-define-symbol", f"{symbol},")
+    nsp = parsed.get_int("aic-num-cores", DEFAULT_NSP)
 
     recipe_flags, file_flags = [], []
     for arg in rest:
@@ -79,8 +78,8 @@ def config_from_command(command: str | list[str], *, model: str, cwd: Path, scen
             recipe_flags.append(arg)
             continue
         name, value = split_arg(arg)
-        if name in OWNED or (batch_arg == "batchsize" and name == "batchsize") or arg == batch_arg:
-            continue
+        if name in OWNED or (batch_flag and name == batch_flag[0] and (value or "").startswith(batch_flag[1])):
+            continue  # the project's own, or the batch (the recipe's `batch` passes it)
         if FLAGS[name].kind == "infile":  # absolute: a calibration's go into its recipe, a compile's into extra_flags
             absolute = f"{arg.partition('=')[0]}={_absolute(value, cwd)}"
             (recipe_flags if calibrating else file_flags).append(absolute)

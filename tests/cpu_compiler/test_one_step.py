@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from qaic_assets.cpu_compiler import main as cpu_exec
 from qaic_assets.qaic.flags import FLAGS, split_arg
-from test_cpu_compiler import _transformer, _write_list
+from test_cpu_compiler import block  # noqa: F401  (the transformer block fixture, shared)
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "qaic_assets" / "models" / "data" / "digits"
@@ -56,13 +56,8 @@ ONE_STEP = {
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("one_step")
-    rng = np.random.default_rng(5)
-    onnx.save(_transformer(rng), d / "block.onnx")
-    cal = [rng.standard_normal((1, 8, 32)).astype(np.float32) for _ in range(10)]
-    return {"digits": (DIGITS / "model.onnx", DIGITS / "cal.txt"),
-            "block": (d / "block.onnx", _write_list(d / "cal" / "cal.txt", cal))}
+def models(block):
+    return {"digits": (DIGITS / "model.onnx", DIGITS / "cal.txt"), "block": (block["model"], block["cal"])}
 
 
 def _fill(argv: list[str], model: Path, cal_list: Path, out: Path) -> list[str]:

@@ -20,6 +20,7 @@ from qaic_assets.builder.reuse import fresh_build, stat_key
 from qaic_assets.builder.plan import calibrate_command, compile_command
 from qaic_assets.builder.store import calibration_dir, model_inputs
 from qaic_assets.qaic.commands import PROFILE_FILE
+from qaic_assets.orchestration.lineage import latest_by_partition
 from qaic_assets.orchestration.toolchain import latest_data_version
 from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.qaic.sdk import Backend
@@ -36,13 +37,11 @@ class Step:
     partition: str | None = None
 
 
-def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> tuple[str | None, str | None]:
-    """(sha256, code version) recorded by the latest materialization of that partition."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
-    if not records:
+def _recorded_values(record) -> tuple[str | None, str | None]:
+    """(sha256, code version) recorded by a materialization record (None, None without one)."""
+    if record is None:
         return None, None
-    materialization = records[0].asset_materialization
+    materialization = record.asset_materialization
     value = materialization.metadata.get("sha256")
     return (value.value if value is not None else None), (materialization.tags or {}).get("dagster/code_version")
 
@@ -56,6 +55,7 @@ class UpToDate:
         self.code_versions = code_versions or {}
         self._compiler: Backend | None = None
         self._fresh_models: dict[str, bool] = {}
+        self._latest: dict[dg.AssetKey, dict] = {}  # asset -> partition -> latest record, read once per asset
 
     @property
     def compiler(self) -> Backend | None:
@@ -135,6 +135,26 @@ class UpToDate:
             self._recorded(binary_key(model), partition) == manifest["output"]["sha256"]
 
     def _recorded(self, key: dg.AssetKey, partition: str | None) -> str | None:
-        """The sha256 the instance holds for that partition, when recorded under today's code version."""
-        sha, code_version = _latest(self.instance, key, partition)
+        """The sha256 the instance holds for that partition, when recorded under today's code version.
+        The latest records of all the asset's partitions are read at its first question, in a few
+        queries (each partition is asked before its own run, and only its own run changes it)."""
+        if key not in self._latest and partition is not None:
+            self._latest[key] = latest_by_partition(self.instance, key, self._partitions(key))
+        if partition in self._partitions(key):
+            record = self._latest[key].get(partition)
+        else:  # unpartitioned, or a partition outside the configured matrix
+            record = next(iter(latest_by_partition(self.instance, key, [partition]).values()), None) \
+                if partition else next(iter(self.instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=key), limit=1).records), None)
+        sha, code_version = _recorded_values(record)
         return sha if code_version == self.code_versions.get(key, code_version) else None
+
+    def _partitions(self, key: dg.AssetKey) -> list[str]:
+        """Every partition of a model's profile or binary asset in the configured matrix."""
+        for model in self.config.model_names:
+            matrix = self.config.matrix_of(model)
+            if key == profile_key(model):
+                return list(matrix.batch_keys)
+            if key == binary_key(model):
+                return [p.key for p in matrix.binary_partitions]
+        return []

@@ -109,6 +109,34 @@ def compiler_status(toolchain: Toolchain, instance: dg.DagsterInstance | None = 
     return CompilerStatus("qaic", False, None, exe, SDK_NOT_FOUND, str(missing))
 
 
+def _compiler_words(backend: str | None, apps: str | None, platform: str | None) -> dict[str, str]:
+    """What a person calls the parts of a compiler observation: {"Apps SDK": ..., "Platform SDK": ...}."""
+    if backend == "cpu":
+        return {"CPU reference compiler": apps or "?"}
+    return {"Apps SDK": apps or "?", "Platform SDK": platform or NOT_INSTALLED}
+
+
+def sdk_change(previous: dg.AssetObservation | None, status: CompilerStatus) -> str:
+    """The change since the previous observation in plain words: "Apps SDK 1.18.2.0.5 -> 1.18.2.0.6;
+    Platform SDK 1.18.2.0.5 (unchanged)", "no change (...)", or what was first seen."""
+    now = _compiler_words(status.backend, status.version, status.platform_version)
+    if not status.found:
+        return f"{status.status}; nothing is recompiled until it is back"
+    if previous is None:
+        return "first observation: " + ", ".join(f"{k} {v}" for k, v in now.items())
+    meta = {k: getattr(v, "value", v) for k, v in previous.metadata.items()}
+    before = _compiler_words(meta.get("backend"), meta.get("apps_sdk_version") or meta.get("version"),
+                             meta.get("platform_sdk_version"))
+    if meta.get("status") != SDK_FOUND:
+        before = {}  # the previous observation did not find it: say what is there now
+    if before == now:
+        return "no change (" + ", ".join(f"{k} {v}" for k, v in now.items()) + ")"
+    if before.keys() != now.keys():
+        return (", ".join(f"{k} {v}" for k, v in before.items()) or meta.get("status", "nothing")) + " -> " + \
+            ", ".join(f"{k} {v}" for k, v in now.items())
+    return "; ".join(f"{k} {before[k]} -> {v}" if before[k] != v else f"{k} {v} (unchanged)" for k, v in now.items())
+
+
 def observe_compiler(toolchain: Toolchain, instance: dg.DagsterInstance | None) -> dg.ObserveResult:
     """The observation of `qaic_sdk`: data version = compiler version; see the module docstring."""
     status = compiler_status(toolchain, instance)
@@ -117,6 +145,7 @@ def observe_compiler(toolchain: Toolchain, instance: dg.DagsterInstance | None) 
         "status": dg.MetadataValue.text(status.status),
         "executable": dg.MetadataValue.path(status.executable),
         "sdk_root": dg.MetadataValue.path(str(toolchain.sdk_root)),
+        "sdk_change": dg.MetadataValue.text(sdk_change(last_observation(instance), status)),
     }
     if status.found:
         versions = {"version": dg.MetadataValue.text(status.version)}

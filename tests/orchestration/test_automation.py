@@ -83,7 +83,11 @@ def test_sdk_upgrade_recompiles_exactly_what_was_compiled(tiny_project):
     assert ticks.tick() == {}  # first evaluation: nothing changed yet
 
     set_fake_sdk_version(project.sdk, "1.19.0", "7")
-    assert project.observe_sdk().tags["dagster/data_version"] == "1.19.0.7"
+    upgraded = project.observe_sdk()
+    assert upgraded.tags["dagster/data_version"] == "1.19.0.7"
+    # the change in plain words on the observation
+    assert upgraded.metadata["sdk_change"].value == \
+        "Apps SDK 1.18.2.0.5 -> 1.19.0.7; Platform SDK not installed (unchanged)"
     # exactly the 2 profiles the compiled binaries load; the binaries wait for them
     assert ticks.tick() == {PROFILE: {"bs1", "bs2"}}
     ticks.run({PROFILE: {"bs1", "bs2"}})
@@ -107,7 +111,9 @@ def test_sdk_upgrade_recompiles_exactly_what_was_compiled(tiny_project):
         assert latest(instance, binary_key("tiny"), never) is None
     assert latest(instance, profile_key("tiny"), "bs4") is None
 
-    assert project.observe_sdk().tags["dagster/data_version"] == "1.19.0.7"
+    again = project.observe_sdk()
+    assert again.tags["dagster/data_version"] == "1.19.0.7"
+    assert again.metadata["sdk_change"].value == "no change (Apps SDK 1.19.0.7, Platform SDK not installed)"
     assert ticks.tick() == {}  # the same version observed again
 
     exe = project.sdk / "exec" / "qaic-exec"
@@ -115,10 +121,13 @@ def test_sdk_upgrade_recompiles_exactly_what_was_compiled(tiny_project):
     gone = project.observe_sdk()
     assert gone.metadata["status"].value == SDK_NOT_FOUND
     assert gone.tags["dagster/data_version"] == "1.19.0.7"  # no new data version
+    assert gone.metadata["sdk_change"].value == "SDK not found; nothing is recompiled until it is back"
     assert ticks.tick() == {}  # SDK missing: nothing requested
 
     (project.sdk / "qaic-exec.removed").rename(exe)
-    assert project.observe_sdk().metadata["status"].value == "found"
+    back = project.observe_sdk()
+    assert back.metadata["status"].value == "found"
+    assert back.metadata["sdk_change"].value == "SDK not found -> Apps SDK 1.19.0.7, Platform SDK not installed"
     assert ticks.tick() == {}  # back with the same version: nothing to do
     assert len(read_calls(project.sdk)) == n_calls + 5
 

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qaic_assets.files import open_regular
+
 CHUNK = 1 << 20
 
 
@@ -22,9 +24,10 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's content, read in 1 MiB chunks."""
+    """Hex sha256 of a file's content, read in 1 MiB chunks; files.NotReadable (an OSError) unless it is
+    a regular file (a FIFO would block the read forever)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()

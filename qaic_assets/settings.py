@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from qaic_assets import files
 from qaic_assets.keys import SCENARIOS, BinaryPartition, batch_key, dagster_name, target_key
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
@@ -41,6 +42,9 @@ Batch = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH)]
 #: who owns an asset, as Dagster shows it: an email address or `team:<name>`
 Owner = Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")]
 Nsp = Annotated[int, Field(strict=True, ge=1, le=MAX_NSP)]
+#: A config's values with its YAML aliases expanded: real ones have hundreds, an alias "bomb" (nine
+#: anchors of nine aliases: 9**9 values from 400 bytes) billions, whose walk took minutes of CPU.
+MAX_CONFIG_VALUES = 100_000
 
 
 class ConfigError(ValueError):
@@ -471,13 +475,58 @@ def _check_extra_flags(model: str, flags: list[str], quantize: bool, *, strict: 
         raise ValueError(f"model {model!r}: extra_flags: {exc}") from None
 
 
+class _AliasBomb(yaml.YAMLError):
+    pass
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int | None]) -> int:
+    """Values under ``node`` once its aliases are expanded; each node is counted once (``seen``), so
+    the count is linear in the document, and it stops above MAX_CONFIG_VALUES."""
+    if id(node) in seen:
+        size = seen[id(node)]
+        return MAX_CONFIG_VALUES + 1 if size is None else size  # None: a node inside itself (`&a [*a]`)
+    seen[id(node)] = None
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+        node.value if isinstance(node, yaml.SequenceNode) else []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, seen)
+        if size > MAX_CONFIG_VALUES:
+            break
+    seen[id(node)] = size
+    return size
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document whose aliases expand to more than MAX_CONFIG_VALUES values,
+    after composing it (linear in its text) and before anything is built from it."""
+
+    def construct_document(self, node):
+        seen: dict[int, int | None] = {}
+        size = _expanded_size(node, seen)
+        if size > MAX_CONFIG_VALUES and size > len(seen):  # more values than nodes: aliases made them
+            raise _AliasBomb()
+        return super().construct_document(node)
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Load and validate the config; errors name the file and the field."""
     path = Path(path or os.environ.get("QAIC_ASSETS_CONFIG") or DEFAULT_CONFIG).expanduser().resolve()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(files.read_text(path, files.SMALL_FILE_BYTES), Loader=_ConfigLoader)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found: set QAIC_ASSETS_CONFIG to an existing file") from None
+    except files.NotReadable as exc:
+        raise ConfigError(f"config file {path} {exc.strerror}: point QAIC_ASSETS_CONFIG at the YAML config "
+                          "file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}): make it readable for "
+                          "this user or set QAIC_ASSETS_CONFIG to another file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except _AliasBomb:
+        raise ConfigError(f"config file {path} uses YAML aliases that expand to more than {MAX_CONFIG_VALUES} "
+                          "values: write the values out or use fewer aliases") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

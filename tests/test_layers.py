@@ -17,9 +17,11 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "qaic_assets"
 
 #: Lower number = lower layer. A module may import its own package and any lower layer.
-LAYERS = {"hashing": 0, "keys": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3, "orchestration": 4,
-          "definitions": 5, "cli": 6, "demo": 6}
-DAGSTER_FREE = ("hashing", "keys", "qaic", "models", "cpu_compiler", "settings", "builder")
+LAYERS = {"files": 0, "hashing": 0, "keys": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3,
+          "orchestration": 4, "definitions": 5, "cli": 6, "demo": 6}
+#: (importer, imported) of one layer: within layer 0, the hashes read files through `files`
+SAME_LAYER = {("hashing", "files")}
+DAGSTER_FREE = ("files", "hashing", "keys", "qaic", "models", "cpu_compiler", "settings", "builder")
 
 
 def _layer(module: str) -> str:
@@ -54,7 +56,7 @@ def test_nothing_imports_from_a_layer_above():
         if not module.startswith("qaic_assets."):
             continue
         me, other = _owner(path), _layer(module)
-        if other != me and LAYERS[other] >= LAYERS[me]:
+        if other != me and LAYERS[other] >= LAYERS[me] and (me, other) not in SAME_LAYER:
             bad.append(f"{path.relative_to(PKG)} imports {module}")
     assert not bad, "\n".join(bad)
 

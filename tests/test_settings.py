@@ -1,5 +1,6 @@
 """Settings loading, validation messages, and SDK detection."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,42 @@ def test_missing_config_file_says_how_to_fix(tmp_path):
         load_settings(tmp_path / "nope.yaml")
 
 
+BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+
+
+@pytest.mark.parametrize("text", [
+    "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + BOMB + GOOD,  # 9**9 values from 400 bytes
+    "loop: &loop [*loop]\n" + GOOD,  # a list inside itself: endless once walked
+])
+def test_yaml_aliases_that_expand_past_the_bound_are_refused_before_expanding(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value) == (f"config file {path} uses YAML aliases that expand to more than 100000 values: "
+                              "write the values out or use fewer aliases")
+
+
+def test_the_bound_is_on_what_aliases_add_not_on_a_long_config(tmp_path, monkeypatch):
+    from qaic_assets import settings
+
+    monkeypatch.setattr(settings, "MAX_CONFIG_VALUES", 60)
+    long = GOOD + "owners: [" + ", ".join(["team:x"] * 61) + "]\n"  # 61 values written out
+    assert len(load_settings(write(tmp_path, long)).owners) == 61
+    aliased = GOOD + "owners: &o [" + ", ".join(["team:x"] * 6) + "]\nx: [" + ", ".join(["*o"] * 10) + "]\n"
+    with pytest.raises(ConfigError, match="uses YAML aliases that expand to more than 60 values"):
+        load_settings(write(tmp_path, aliased))
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a directory"])
+def test_a_config_path_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, kind):
+    path = tmp_path / "qaic.yaml"
+    os.mkfifo(path) if kind == "a FIFO" else path.mkdir()
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value) == (f"config file {path} is {kind}: only a regular file can be read here: point "
+                              "QAIC_ASSETS_CONFIG at the YAML config file")
+
+
 def make_sdk(root: Path, xml: str | None) -> Path:
     (root / "exec").mkdir(parents=True)
     (root / "exec" / "qaic-exec").write_text("#!/bin/sh\n")
@@ -111,6 +148,16 @@ def test_sdk_version_errors_name_the_file(tmp_path, xml, needle):
     with pytest.raises(SdkError, match=needle) as err:
         sdk_version(root)
     assert str(root / "versions" / "apps.xml") in str(err.value)
+
+
+def test_a_fifo_as_the_sdk_version_file_is_refused_without_blocking(tmp_path):
+    root = make_sdk(tmp_path / "sdk", None)
+    (root / "versions").mkdir()
+    os.mkfifo(root / "versions" / "apps.xml")
+    with pytest.raises(SdkError) as err:
+        sdk_version(root)
+    assert str(err.value) == (f"SDK version file {root / 'versions' / 'apps.xml'} is a FIFO: only a regular file "
+                              "can be read here: reinstall the Apps SDK or fix QAIC_SDK_ROOT")
 
 
 def test_backend_choice(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from qaic_assets.files import SMALL_FILE_BYTES, NotReadable, read_text, require_regular
 from qaic_assets.cpu_compiler import graph
 from qaic_assets.builder.store import checks_dir, model_inputs, source_dir
 from qaic_assets.hashing import atomic_write, hash_json, sha256_file, sha256_input
@@ -40,10 +41,12 @@ def _session(model: onnx.ModelProto | str):
 def _read_labels(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
-        return np.array([int(line.split()[0]) for line in path.read_text().splitlines() if line.strip()],
+        return np.array([int(line.split()[0]) for line in read_text(path).splitlines() if line.strip()],
                         dtype=np.int64)
     except FileNotFoundError:
         raise graph.CompilerError(f"labels file {path} does not exist") from None
+    except NotReadable as exc:
+        raise graph.CompilerError(f"labels file {path} {exc.strerror}") from None
     except ValueError:
         raise graph.CompilerError(f"labels file {path} must hold one integer per line") from None
 
@@ -57,6 +60,7 @@ def compare(
     symbols: Mapping[str, int] | None = None,
     labels: str | Path | None = None,
 ) -> dict:
+    require_regular(compiled_model)  # onnx opens it itself: a FIFO would block that open forever
     compiled = onnx.load(str(compiled_model), load_external_data=True)
     out_names = [o.name for o in compiled.graph.output]
     src = graph.load_model(source_model)
@@ -202,7 +206,7 @@ def result_key(binary_sha256: str, source_sha256: str, heldout: Path, labels: Pa
 
 def _load_result(path: Path) -> dict | None:
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(read_text(path, SMALL_FILE_BYTES))
     except (OSError, ValueError):
         return None
     return stored.get("result") if isinstance(stored, dict) else None

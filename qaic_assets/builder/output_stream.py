@@ -4,7 +4,8 @@ A real compiler with ``-vvv`` prints thousands of lines, and every line forwarde
 event-log write (tens of milliseconds). So: a reader thread reads the merged stdout/stderr in chunks
 (never a whole line at once: a 300 MB line without a newline costs ``MAX_LINE_BYTES``), writes every
 line (cut at ``MAX_LINE_BYTES``) to the log file beside the artifact, keeps the last lines for the
-failure message, and hands only lines matching :data:`LOG_LINE_PATTERN` to a bounded queue. The
+failure message (control characters made visible escapes: no terminal obeys a compiler's escape
+sequences), and hands only lines matching :data:`LOG_LINE_PATTERN` to a bounded queue. The
 calling thread forwards those through :class:`LogForwarder`: at most ``lines_per_s`` per second (after
 a burst), ``%`` progress lines at most once per ``progress_interval_s``, and the rest summarised as a
 count every ``summary_every_s`` seconds and at the end, naming the log file. Lines that arrive
@@ -42,6 +43,17 @@ BURST_LINES = 20
 PROGRESS_MIN_INTERVAL_S = 1.0
 SUMMARY_EVERY_S = 10.0
 GATHER_S = 0.5  # admitted lines wait up to this long for the lines after them (one event for a burst)
+
+
+#: C0 and C1 control characters but tab, and DEL: a terminal obeys them (ESC starts colour, cursor and
+#: title sequences; BEL rings; backspace and carriage return overwrite what was printed).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def visible(line: str) -> str:
+    """``line`` with each control character written as its escape (ESC as the 4 characters ``\\x1b``):
+    a compiler's line reaches terminals through the event log, and must show as text, not act."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), line)
 
 
 def _level(line: str) -> int:
@@ -128,6 +140,7 @@ class OutputReader:
         for segment in text.split("\r") if "\r" in text else (text,):
             if "\r" in text and not segment.strip():
                 continue
+            segment = visible(segment)  # the log file keeps the raw bytes
             segment = segment if len(segment) <= MAX_LINE_CHARS else segment[:MAX_LINE_CHARS] + " [...]"
             self.lines += 1
             self.tail.append(segment)

@@ -1,5 +1,6 @@
-"""Output directories that are never half-written: a temp dir renamed into place on success, an
-exclusive lock per output so two writers take turns, and clean-up of what killed runs left behind.
+"""Output directories that are never half-written: a temp dir (inside a private directory of its own,
+so what a compiler writes at ``../`` goes with it) renamed into place on success, an exclusive lock
+per output so two writers take turns, and clean-up of what killed runs left behind.
 
 Two writers of one output directory serialize on :func:`output_lock` (``flock`` on a ``.<name>.lock``
 sibling, released by the kernel when its holder dies); the second waits, then fails naming the holder.
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-
+from qaic_assets.builder.manifest import MANIFEST_NAME
 
 
 class MissingOutput(RuntimeError):
@@ -101,18 +102,26 @@ def _check_expected(tmp: Path, final_dir: Path, expected: list[str]) -> None:
 
 @contextlib.contextmanager
 def atomic_output_dir(final_dir: Path, expected: list[str]) -> Iterator[Path]:
-    """Yield a fresh temp dir beside ``final_dir``; on success swap it into place.
+    """Yield a fresh temp dir for ``final_dir``; on success swap it into place.
 
-    The temp dir is ``<parent>/.<name>.tmp-<pid>-<token>``. On normal exit every path in ``expected``
-    (relative to the dir) must exist and be non-empty, else MissingOutput. Then the old final dir (if
-    any) is renamed to ``.<name>.old-<pid>-<token>``, the temp dir renamed to ``final_dir``, and the
-    old one removed. On any exception the temp dir is removed and ``final_dir`` is untouched.
+    The temp dir is ``<parent>/.<name>.tmp-<pid>-<token>/<name>``: nested one level inside a private
+    directory of this call, so what a compiler writes beside its working directory (``../x``) lands in
+    that private directory and is removed with it (``stray_entries`` names it first). Out of reach: an
+    absolute path, or one that climbs two levels (``../../x``) into the directory the partitions share
+    (``stray_entries`` reports what appeared there, it cannot tell it from another writer's file).
+
+    On normal exit every path in ``expected`` (relative to the dir) must exist and be non-empty, else
+    MissingOutput. Then the old final dir (if any) is renamed to ``.<name>.old-<pid>-<token>``, the
+    temp dir renamed to ``final_dir``, and the old one and the private directory removed. On any
+    exception the private directory is removed and ``final_dir`` is untouched.
     """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(final_dir, "tmp")
-    _register(tmp)
+    private = _sibling(final_dir, "tmp")
+    tmp = private / final_dir.name
+    _register(private)
     try:
+        private.mkdir(mode=0o700)
         tmp.mkdir()
         umask = os.umask(0)
         os.umask(umask)
@@ -135,11 +144,38 @@ def atomic_output_dir(final_dir: Path, expected: list[str]) -> Iterator[Path]:
                 _rmtree(old)
                 _unregister(old)
             _fsync_dir(final_dir.parent)
-        except BaseException:
-            _rmtree(tmp)
-            raise
+        finally:
+            _rmtree(private)  # the temp dir if it is still there, and anything written beside it
     finally:
-        _unregister(tmp)
+        _unregister(private)
+
+
+def neighbours(tmp: Path) -> set[str]:
+    """The names in the directory that holds a temp dir's private directory (``final_dir.parent``),
+    before a call: what :func:`stray_entries` compares with afterwards."""
+    try:
+        return set(os.listdir(tmp.parent.parent))
+    except OSError:
+        return set()
+
+
+def stray_entries(tmp: Path, before: set[str]) -> tuple[list[str], list[str]]:
+    """What a call in ``tmp`` (from atomic_output_dir) wrote outside it: (``removed``: the entries
+    beside ``tmp`` in its private directory, as ``../<name>``, removed with that directory;
+    ``left``: the absolute paths of visible entries that appeared in the output's parent since
+    ``before`` and are no published output (no manifest). Those stay: a concurrent writer of a sibling
+    output may own them; the caller reports them by name.)"""
+    private, shared = tmp.parent, tmp.parent.parent
+    try:
+        removed = sorted(f"../{name}" for name in os.listdir(private) if name != tmp.name)
+    except OSError:
+        removed = []
+    left = []
+    for name in sorted(neighbours(tmp) - before):
+        path = shared / name
+        if not name.startswith(".") and not (path.is_dir() and (path / MANIFEST_NAME).exists()):
+            left.append(str(path))
+    return removed, left
 
 
 class OutputLocked(RuntimeError):

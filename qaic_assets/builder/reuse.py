@@ -3,12 +3,18 @@
 1. Identical CPU builds: on the CPU reference compiler, partitions whose *applied* command is the
    same (their argv differ only in flags that steer the AI 100 hardware and are not applicable on
    CPU, e.g. offline vs singlestream at the same nsp and batch) produce byte-identical binaries. The
-   second one links the first one's files instead of compiling again; its manifest says
-   `same_build_as`. The compiler's own JSON record in the shared directory still names the command
-   that produced the bytes.
-2. Up-to-date without hashing: a manifest records the stat key (inode, size, mtime) of its output
-   and inputs, so "nothing changed" can be decided from the manifests and a few `stat` calls, before
-   any run is launched (`fresh_build`). The build itself still verifies by sha256 when it runs.
+   second one copies the first one's files instead of compiling again; its manifest says
+   `same_build_as`. A copy, never a hard link: two partitions sharing an inode would share every later
+   edit of it, and a rebuild of one would leave the other with bytes its record does not name
+   (`copy_file_range` lets copy-on-write file systems make the copy a reflink). The compiler's own JSON
+   record in the copied directory still names the command that produced the bytes.
+2. Up-to-date without hashing: a manifest records the stat key (inode, size, mtime, ctime) of its
+   output and inputs, so "nothing changed" can be decided from the manifests and a few `stat` calls,
+   before any run is launched (`fresh_build`). The ctime is what catches a file rewritten in place
+   with its mtime put back (any write, `utime` or new link sets it to the clock's time, and no call
+   sets it back). The build itself still verifies by sha256 when it runs
+   (builder/manifest.cached_manifest): a manifest with an older 3-field stat key is never fresh, and
+   its run decides by sha256.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
+from qaic_assets import files
 from qaic_assets.builder.manifest import MANIFEST_NAME, cache_key, read_manifest
 from qaic_assets.hashing import hash_json, sha256_file
 from qaic_assets.qaic.flags import APPLIED, FLAGS, FlagError, parse_argv
@@ -27,12 +34,14 @@ _OUTPUT_FLAGS = {"aic-binary-dir"}
 
 
 def stat_key(path: str | Path) -> list[int] | None:
-    """(inode, size, mtime_ns) of a file, or None when it is missing. A hard link does not change it."""
+    """(inode, size, mtime_ns, ctime_ns) of a file, or None when it is missing. An in-place write with
+    the mtime put back changes the ctime; so does renaming or linking the file itself (renaming the
+    directory that holds it does not). A key recorded with three fields never matches: not fresh."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _list_stat(list_file: str | Path) -> list | None:
@@ -40,10 +49,10 @@ def _list_stat(list_file: str | Path) -> list | None:
     from qaic_assets.qaic.formats.rawdata import RawDataError, read_input_list
 
     try:
-        files = [f for line in read_input_list(list_file) for f in line]
+        listed = [f for line in read_input_list(list_file) for f in line]
     except (OSError, RawDataError):
         return None
-    keys = [stat_key(list_file), *(stat_key(f) for f in files)]
+    keys = [stat_key(list_file), *(stat_key(f) for f in listed)]
     return None if None in keys else keys
 
 
@@ -56,8 +65,8 @@ def input_stat(spec) -> list | None:
         return stat_key(spec["path"])
     if "list" in spec:
         return _list_stat(spec["list"])
-    files = [v for v in spec.values() if isinstance(v, dict) and ("path" in v or "list" in v)]
-    keys = [input_stat(v) for v in files]
+    parts = [v for v in spec.values() if isinstance(v, dict) and ("path" in v or "list" in v)]
+    keys = [input_stat(v) for v in parts]
     return None if None in keys else keys
 
 
@@ -104,9 +113,24 @@ def find_same_build(siblings: dict[str, Path], key: str, output: str) -> tuple[s
     return None
 
 
-def link_build(source_dir: Path, tmp: Path, output: str, expected_sha256: str, log: logging.Logger) -> bool:
-    """Hard-link (copy across file systems) every file of `source_dir` but its manifest into `tmp`;
-    True when the linked output has the expected sha256 (else `tmp` is emptied and False)."""
+def copy_bytes(source: Path, target: Path) -> None:
+    """Copy a file into a new inode of its own: `copy_file_range` (a reflink where the file system can
+    make one, an in-kernel copy elsewhere), else a plain copy; the mode bits follow."""
+    with files.open_regular(source) as src, open(target, "xb") as dst:
+        try:
+            while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+                pass
+        except (AttributeError, OSError):  # no copy_file_range here (EXDEV, EINVAL, ENOSYS): copy
+            src.seek(0)
+            dst.seek(0)
+            dst.truncate()
+            shutil.copyfileobj(src, dst, 1 << 20)
+    shutil.copymode(source, target)
+
+
+def copy_build(source_dir: Path, tmp: Path, output: str, expected_sha256: str, log: logging.Logger) -> bool:
+    """Copy every file of `source_dir` but its manifest into `tmp` (each its own inode, see the module
+    docstring); True when the copied output has the expected sha256 (else `tmp` is emptied and False)."""
     try:
         for path in sorted(source_dir.rglob("*")):
             rel = path.relative_to(source_dir)
@@ -114,10 +138,7 @@ def link_build(source_dir: Path, tmp: Path, output: str, expected_sha256: str, l
                 continue
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copy2(path, target)
+            copy_bytes(path, target)
         if sha256_file(tmp / output) == expected_sha256:
             return True
     except OSError as exc:  # the sibling was replaced meanwhile: compile instead
@@ -132,9 +153,8 @@ def fresh_build(directory: Path, output: str, argv: list[str], compiler: tuple[s
     """The manifest of `directory` when its build is up to date without hashing anything: same argv
     and compiler, every recorded input (file, or list file and the files it names) still has its
     recorded stat key, so its sha256 is the recorded one; `input_paths` (name -> path the build would
-    read now) match the recorded ones; the output still has its recorded stat key. None otherwise:
-    then a run decides, by sha256. (A file rewritten in place with the same size and mtime is not
-    seen here; `force` rebuilds.)"""
+    read now) match the recorded ones; the output still has its recorded stat key (its ctime too: an
+    edit in place with the mtime put back is seen). None otherwise: then a run decides, by sha256."""
     manifest = read_manifest(directory)
     if not manifest or "stat" not in manifest.get("output", {}) or manifest.get("argv") != argv:
         return None

@@ -4,12 +4,15 @@ manifest; the Dagster layer only turns it into metadata and a data version.
 
 A build runs the planned command in a temporary directory renamed into place on success, under the
 output's lock, unless the cache already holds an output with the same key (argv, compiler version,
-input sha256s). Every failure is a :class:`BuildError` whose message names the thing and the fix.
+input sha256s). The compiler version is read again once the lock is held (an SDK root switched while
+the build waited is the one that runs and is recorded) and checked after the compiler exited.
+What the compiler writes beside its directory is removed, or named when it cannot be. Every failure is a :class:`BuildError` whose message names the thing and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from qaic_assets import files
 from qaic_assets.builder import harness
 from qaic_assets.builder.manifest import cache_key, cached_manifest, read_manifest, write_manifest
 from qaic_assets.builder.outputs import (
@@ -29,12 +33,14 @@ from qaic_assets.builder.outputs import (
     atomic_output_dir,
     clean_stale_temps,
     first_symlink,
+    neighbours,
     output_lock,
+    stray_entries,
 )
 from qaic_assets.builder.plan import calibrate_command, compile_command
 from qaic_assets.builder.process import TERM_GRACE_S, CompilerError, RunResult, run_compiler
 from qaic_assets.builder.sources import SourceError, SourceModel, ensure_source
-from qaic_assets.builder.reuse import applied_key, find_same_build, input_stats, link_build, stat_key
+from qaic_assets.builder.reuse import applied_key, copy_build, find_same_build, input_stats, stat_key
 from qaic_assets.builder.store import calibration_dir, choice_path, compile_dir, model_inputs
 from qaic_assets.hashing import sha256_bytes, sha256_file
 from qaic_assets.builder.safe_copy import UnsafeSource, check_tree, copy_checked
@@ -49,7 +55,7 @@ from qaic_assets.qaic.formats.compile_files import (
 )
 from qaic_assets.qaic.formats.profiles import ProfileError
 from qaic_assets.qaic.formats.rawdata import sample_nbytes
-from qaic_assets.qaic.sdk import Backend, SdkError, settings_backend
+from qaic_assets.qaic.sdk import Backend, SdkError, platform_version, sdk_version, settings_backend
 from qaic_assets.keys import BinaryPartition, batch_key
 from qaic_assets.settings import Settings
 
@@ -117,6 +123,8 @@ def storage_errors(config: Settings):
     naming the path and the fix; errors on other paths pass unchanged."""
     try:
         yield
+    except files.NotReadable as exc:  # a FIFO or a device where a file of ours should be
+        raise BuildError(str(exc)) from exc
     except OSError as exc:
         root = Path(os.path.normpath(config.storage_root))
         path = Path(os.path.abspath(exc.filename)) if exc.filename else None
@@ -186,8 +194,13 @@ def _output(tmp: Path, command: Command) -> Path:
 
 
 def require(path: Path, what: str, fix: str) -> None:
-    if not path.is_file():
-        raise BuildError(f"{what} {path} does not exist: {fix}")
+    """A file the build reads exists and is a regular file (a FIFO would block its reader)."""
+    try:
+        files.require_regular(path)
+    except FileNotFoundError:
+        raise BuildError(f"{what} {path} does not exist: {fix}") from None
+    except OSError as exc:
+        raise BuildError(f"{what} {exc}: {fix}") from None
 
 
 #: files the cache key already covers by their own entries (model, profile, calibration selection)
@@ -203,7 +216,7 @@ def flag_files(config: Settings, model: str, command: Command) -> dict:
     field and where the flag is set; their entry gets the reader's `summary`, derived from the same bytes
     as the sha256 (so the same bytes give the same cache key)."""
     node_precision = model_inputs(config, model).node_precision
-    files = {}
+    named = {}
     for name, value in file_flags(command.argv[1:]):
         if name in _KEYED_ELSEWHERE or (name == SPECIALIZATIONS and config.model(model).specializations):
             continue  # (a specializations template is rendered into the build dir and keyed by its bytes)
@@ -216,18 +229,18 @@ def flag_files(config: Settings, model: str, command: Command) -> dict:
         require(path, what, fix)
         reader = COMPILE_FILE_READERS.get(name)
         if reader is None:
-            files[f"-{name}"] = {"path": str(path), "sha256": sha256_file(path)}
+            named[f"-{name}"] = {"path": str(path), "sha256": sha256_file(path)}
             continue
         try:
-            data = path.read_bytes()  # hashed and read once: the summary is of the bytes the sha256 names
+            data = files.read_bytes(path)  # hashed and read once: the summary is of the bytes the sha256 names
             summary = reader(path, data).summary()
         except OSError as exc:
             raise BuildError(f"{what} {path} cannot be read ({exc.strerror or exc}): {fix}") from exc
         except CompileFileError as exc:
             raise BuildError(f"-{name} file {exc} (-{name} is set in models.{model}.extra_flags of "
                              f"{config.source_file})") from exc
-        files[f"-{name}"] = {"path": str(path), "sha256": sha256_bytes(data), "summary": summary}
-    return files
+        named[f"-{name}"] = {"path": str(path), "sha256": sha256_bytes(data), "summary": summary}
+    return named
 
 
 def sample_sizes(description: dict, argv: list[str]) -> list[int]:
@@ -259,6 +272,53 @@ def _lock(config: Settings, directory: Path, log: logging.Logger, shared: bool =
         yield
 
 
+def ran_sdk(compiler: Backend) -> Backend:
+    """The backend with the SDK versions read now. An SDK root is often a symlink an installer
+    switches (/opt/qti-aic -> /opt/qti-aic-1.18.2.0.5); the versions read when the step started may no
+    longer be those of the SDK that runs, so they are read again once the output's lock is held, right
+    before the compiler starts. (The CPU compiler is this process's own package: nothing to re-read.)"""
+    if compiler.name != "qaic" or compiler.sdk_root is None:
+        return compiler
+    try:
+        apps = sdk_version(Path(compiler.sdk_root))
+    except SdkError as exc:
+        raise BuildError(f"{exc} (read again before the compile started: rerun once the SDK installation "
+                         "is finished)") from exc
+    platform = platform_version(Path(compiler.sdk_root))
+    return dataclasses.replace(compiler, version=apps, platform_version=platform)
+
+
+def sdk_change(compiler: Backend) -> str | None:
+    """What changed in the SDK under `compiler.sdk_root` since `compiler`'s versions were read (None:
+    nothing). Checked after the compiler exited: a change during the call means no one can tell which
+    SDK built the output."""
+    try:
+        now = ran_sdk(compiler)
+    except BuildError as exc:
+        return str(exc)
+    changed = [f"{what} SDK {before} -> {after}" for what, before, after in (
+        ("Apps", compiler.version, now.version), ("Platform", compiler.platform_version, now.platform_version))
+        if before != after]
+    if not changed:
+        return None
+    return (f"the SDK at {compiler.sdk_root} changed while {compiler.compiler} ran ({'; '.join(changed)}): "
+            "which SDK built the output cannot be told, so it is not kept (the previous output is kept); "
+            "rerun once the SDK installation is finished")
+
+
+def _strays(tmp: Path, before: set[str], command: Command, log: logging.Logger) -> dict:
+    """What the call wrote outside its output dir (outputs.stray_entries), logged by name; {} when nothing."""
+    removed, left = stray_entries(tmp, before)
+    if not removed and not left:
+        return {}
+    parts = ([f"{', '.join(removed)} beside its working directory (removed)"] if removed else []) + \
+        ([f"{', '.join(left)} (left in place: another run's file cannot be told from it; delete it if it is "
+          "not yours)"] if left else [])
+    log.warning(f"{Path(command.argv[0]).name} wrote outside its output directory {command.cwd}: "
+                + "; ".join(parts))
+    return {"removed": removed, "left": left}
+
+
 def run_build(config: Settings, compiler: Backend, command: Command, inputs: dict, who: Identity, *,
               force: bool = False, log: logging.Logger = _LOG, prepare: Callable[[Path], dict] | None = None,
               after_run: Callable[[Path], None] | None = None,
@@ -267,12 +327,19 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
     `prepare(tmp)` makes the command's inputs there and returns the manifest's `extra`; `after_run(tmp)`,
     after a successful compiler call, removes what served that run only and may add to `extra`.
     With `siblings` (partition -> output dir; CPU compiles), a sibling built with the same applied
-    command is shared instead of compiling again (builder/reuse.py). Returns (manifest, cached)."""
-    key = cache_key(command.argv, (compiler.name, compiler.version), inputs)
-    shared_key = applied_key(command.argv, (compiler.name, compiler.version), inputs) if siblings else None
+    command is shared instead of compiling again (builder/reuse.py). The SDK versions of the cache
+    key and the manifest are read once the lock is held (`ran_sdk`) and checked after the compiler
+    exited (`sdk_change`). Returns (manifest, cached)."""
     # one writer per output dir at a time (a second run of the same partition waits, then may hit the
     # cache); storage errors (read-only, disk full) name the dir and the fix
     with storage_errors(config), _lock(config, command.cwd, log):
+        started, compiler = compiler, ran_sdk(compiler)
+        if compiler != started:
+            log.warning(f"the SDK at {compiler.sdk_root} is now {compiler.version} (platform "
+                        f"{compiler.platform_version}), not {started.version} (platform {started.platform_version}) "
+                        "as when this step started: building and recording with it")
+        key = cache_key(command.argv, (compiler.name, compiler.version), inputs)
+        shared_key = applied_key(command.argv, (compiler.name, compiler.version), inputs) if siblings else None
         # leftovers of a killed writer go first, so a cache hit leaves none behind either
         clean_stale_temps(command.cwd.parent, command.cwd.name)
         if not force and (manifest := cached_manifest(command.cwd, command.output, key)):
@@ -280,8 +347,9 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
             return manifest, True
         same = find_same_build(siblings, shared_key, command.output) if shared_key and not force else None
         with atomic_output_dir(command.cwd, [command.output]) as tmp:
-            if same and link_build(Path(same[1]["cwd"]), tmp, command.output, same[1]["output"]["sha256"], log):
-                log.info(f"same build as {same[0]}: the CPU compiler applies the same command; sharing "
+            strays = {}
+            if same and copy_build(Path(same[1]["cwd"]), tmp, command.output, same[1]["output"]["sha256"], log):
+                log.info(f"same build as {same[0]}: the CPU compiler applies the same command; copied "
                          f"{same[1]['output']['path']}")
                 result = RunResult(command.argv, 0, 0.0, 0, [f"same build as {same[0]} (no compiler call)"])
                 extra = same[1].get("extra", {})
@@ -291,7 +359,18 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
                     extra = prepare(tmp) if prepare else {}
                 except ValueError as exc:
                     raise BuildError(str(exc)) from exc
-                result = _run(command, tmp, config, log)
+                around = neighbours(tmp)
+                try:
+                    result = _run(command, tmp, config, log)
+                except BuildError as exc:
+                    _strays(tmp, around, command, log)
+                    if changed := sdk_change(compiler):
+                        raise BuildError(f"{changed}\n{exc}", exc.details) from exc
+                    raise
+                strays = _strays(tmp, around, command, log)
+                if changed := sdk_change(compiler):
+                    raise BuildError(changed, {"command": shlex.join(command.argv), "log_tail": result.log_tail,
+                                               "duration_s": round(result.duration_s, 3)})
             output = _output(tmp, command)
             if after_run and not same:
                 after_run(tmp)
@@ -301,7 +380,14 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
                 manifest["applied_key"] = shared_key
             if same:
                 manifest["same_build_as"] = same[0]
+            if strays:
+                manifest["strays"] = strays
             write_manifest(tmp, manifest)
+        # the stat key was taken in the temp dir: renaming the directory keeps the file's ctime on
+        # Linux file systems; should one differ, the record follows the published file
+        if (published := stat_key(command.cwd / command.output)) != manifest["output"]["stat"]:
+            manifest["output"]["stat"] = published
+            write_manifest(command.cwd, manifest)
     return manifest, False
 
 
@@ -315,7 +401,7 @@ def register_binary(config: Settings, model: str, partition: BinaryPartition, so
     if not source_dir.is_dir():
         raise BuildError(f"{source_dir} is not a directory: pass the directory qaic-exec wrote with -aic-binary-dir")
     try:  # nothing outside the directory, no symlinked binary, no FIFO or device
-        files = check_tree(source_dir, compiler.binary_file)
+        entries = check_tree(source_dir, compiler.binary_file)
     except UnsafeSource as exc:
         raise BuildError(f"refusing to register {source_dir}: {exc}") from None
     if not (source_dir / compiler.binary_file).is_file():
@@ -327,7 +413,7 @@ def register_binary(config: Settings, model: str, partition: BinaryPartition, so
         clean_stale_temps(final.parent, final.name)
         with atomic_output_dir(final, [expected]) as tmp:
             try:
-                copy_checked(files, tmp / BINARY_DIR)
+                copy_checked(entries, tmp / BINARY_DIR)
             except UnsafeSource as exc:
                 raise BuildError(f"refusing to register {source_dir}: {exc}") from None
             who = Identity("compiled_binary", model, partition.key, "registered")
@@ -363,14 +449,14 @@ def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str =
     compiler = backend(config, calibrate=True)
     command = calibrate_command(config, compiler, model, batch)
     src = source(config, model)
-    files = flag_files(config, model, command)
+    flagged = flag_files(config, model, command)
     calibration = _calibration_set(config, model, batch, src, command)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}, "calibration": calibration.input}
     with_harness = config.recipe_of(model) == harness.RECIPE
     if with_harness:  # the names are an input of the harness parameters written beside the profile
         inputs["harness_names"] = cfg.harness.model_dump(mode="json")
-    if files:
-        inputs["files"] = files
+    if flagged:
+        inputs["files"] = flagged
     extra: dict = {}
 
     def prepare(tmp: Path) -> dict:  # after_run adds to the same dict: the manifest's `extra`
@@ -395,8 +481,8 @@ def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str =
 
 def read_choice(config: Settings, model: str, batch: int) -> dict | None:
     try:
-        return json.loads(choice_path(config, model, batch).read_text())
-    except (OSError, ValueError):
+        return json.loads(files.read_text(choice_path(config, model, batch), files.SMALL_FILE_BYTES))
+    except (OSError, ValueError):  # (not a regular file: no choice; the sweep writes a new one)
         return None
 
 
@@ -461,8 +547,8 @@ def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, 
     command = compile_command(config, compiler, model, partition, percentile=percentile)
     src = source(config, model)
     inputs = {"model": {"path": str(src.path), "sha256": src.sha256}}
-    if files := flag_files(config, model, command):
-        inputs["files"] = files
+    if flagged := flag_files(config, model, command):
+        inputs["files"] = flagged
     if percentile is not None:  # the value (in the argv too), not the file: a re-run sweep changes its run id
         inputs["percentile_choice"] = {"path": str(choice_path(config, model, batch)), "value": percentile}
     previous = read_manifest(command.cwd)
@@ -526,7 +612,8 @@ def profile_use(tmp: Path, command: Command) -> dict:
     qaic-exec-cpu.json; the SDK does not say): entries of compiler-internal nodes, constants or other
     parts are skipped; entries whose Min/Max are not finite (-nan in SDK profiles of 2021) are unusable."""
     try:
-        info = json.loads((tmp / Path(command.output).parent / "qaic-exec-cpu.json").read_text())["profile_info"]
+        info = json.loads(files.read_text(tmp / Path(command.output).parent / "qaic-exec-cpu.json",
+                                          files.SMALL_FILE_BYTES))["profile_info"]
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     if not info:

@@ -22,6 +22,7 @@ import onnx
 
 from qaic_assets.settings import Settings
 from qaic_assets.builder.store import model_inputs, source_dir
+from qaic_assets.files import NotReadable, require_regular
 from qaic_assets.hashing import sha256_file, sha256_input
 
 CHUNK = 1 << 20
@@ -45,6 +46,10 @@ class SourceModel:
 
 def describe_onnx(path: Path) -> dict:
     """Inputs (name, dtype, shape with symbols), outputs and opset, read without external weights."""
+    try:
+        require_regular(path)  # onnx opens it itself: a FIFO would block that open forever
+    except NotReadable as exc:
+        raise SourceError(f"model file {path} {exc.strerror}: re-export or re-download it") from None
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for non-ONNX bytes
@@ -172,11 +177,13 @@ def ensure_source(config: Settings, model: str) -> SourceModel:
                 _fetch(config, model, src.url, src.sha256, path)
     else:
         kind = "path"
-        if not path.is_file():
-            raise SourceError(
-                f"model file {path} for {model!r} does not exist: fix models.{model}.source.path "
-                f"in {config.source_file}"
-            )
+        fix = f"fix models.{model}.source.path in {config.source_file}"
+        try:
+            require_regular(path)
+        except FileNotFoundError:
+            raise SourceError(f"model file {path} for {model!r} does not exist: {fix}") from None
+        except NotReadable as exc:
+            raise SourceError(f"model file {path} for {model!r} {exc.strerror}: {fix}") from None
     if path.stat().st_size == 0:
         raise SourceError(f"model file {path} for {model!r} is empty: re-export or re-download it")
     sha256 = sha256_input(path)

@@ -59,6 +59,7 @@ import onnx
 import yaml
 from onnx import helper
 
+from qaic_assets import files
 from qaic_assets.cpu_compiler import graph
 from qaic_assets.cpu_compiler.graph import CompilerError
 from qaic_assets.qaic.formats import profiles
@@ -92,10 +93,12 @@ class QuantSettings:
 def read_node_precision(path: str | Path) -> list[str]:
     """Tensor names from a node-precision YAML (FP16NodeInstanceNames + FP32NodeInstanceNames)."""
     path = Path(path)
-    if not path.is_file():
-        raise CompilerError(f"node-precision file {path} does not exist: fix -node-precision-info")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(files.read_text(path, files.SMALL_FILE_BYTES)) or {}
+    except FileNotFoundError:
+        raise CompilerError(f"node-precision file {path} does not exist: fix -node-precision-info") from None
+    except files.NotReadable as exc:
+        raise CompilerError(f"node-precision file {path} {exc.strerror}: fix -node-precision-info") from None
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise CompilerError(f"node-precision file {path} is not readable YAML ({exc})") from None
     if not isinstance(doc, dict):
@@ -104,7 +107,8 @@ def read_node_precision(path: str | Path) -> list[str]:
     names: list[str] = []
     for key in ("FP16NodeInstanceNames", "FP32NodeInstanceNames"):
         v = doc.get(key) or []
-        if not isinstance(v, list):
+        # names only: str() of lists nested by YAML aliases (an alias bomb) would take hours
+        if not isinstance(v, list) or any(isinstance(x, (list, dict)) for x in v):
             raise CompilerError(f"node-precision file {path}: {key} must be a list of tensor names")
         names += [str(x) for x in v]
     return names

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from qaic_assets import files
 from qaic_assets.qaic.formats.profiles import NameTable, output_name
 from qaic_assets.qaic.formats.rawdata import InputSpec
 
@@ -28,10 +29,13 @@ class CompilerError(RuntimeError):
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     path = Path(path)
-    if not path.is_file():
-        raise CompilerError(f"model {path} does not exist: fix -model or materialize the source model")
     try:
+        files.require_regular(path)  # onnx opens it itself: a FIFO would block that open forever
         return onnx.load(str(path))
+    except FileNotFoundError:
+        raise CompilerError(f"model {path} does not exist: fix -model or materialize the source model") from None
+    except files.NotReadable as exc:
+        raise CompilerError(f"model {path} {exc.strerror}: fix -model") from None
     except Exception as exc:  # noqa: BLE001 - protobuf raises various types
         raise CompilerError(f"model {path} is not a readable ONNX file ({exc}): fix -model") from None
 

@@ -39,6 +39,7 @@ from qaic_assets.models.common import (
     _imagenet_like_image,
     _rng,
 )
+from qaic_assets.files import SMALL_FILE_BYTES, read_text
 from qaic_assets.hashing import atomic_write, sha256_bytes, sha256_input
 from qaic_assets.models.builders import _build_bert, _build_resnet50, _build_retinanet
 
@@ -134,7 +135,7 @@ def standin_paths(kind: str, out_dir: Path) -> StandinFiles:
 
 def _stamp_valid(stamp_path: Path, out_dir: Path, plan: dict) -> bool:
     try:
-        stamp = json.loads(stamp_path.read_text())
+        stamp = json.loads(read_text(stamp_path, SMALL_FILE_BYTES))  # a FIFO: OSError, not a hang
     except (OSError, ValueError):
         return False
     if not isinstance(stamp, dict) or stamp.get("plan") != plan or not isinstance(stamp.get("files"), dict):

@@ -113,8 +113,11 @@ def lineage_block(config: Settings, model: str, partition: str, manifest: dict, 
 
 def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
     """Materialization metadata from the manifest: measurements as numbers (the UI plots them), the
-    argv as a list plus one shell-quoted line, paths relative to `storage_root` (given once)."""
+    argv as a list plus one shell-quoted line, paths relative to `storage_root` (given once); the
+    SDK versions are the manifest's (those read under the output's lock, builder/service.ran_sdk), and
+    what the compiler wrote outside its output directory is named (`stray_outputs`)."""
     output = manifest["output"]
+    strays = {"stray_outputs": dg.MetadataValue.json(manifest["strays"])} if manifest.get("strays") else {}
     return {
         **command_metadata(manifest["argv"]),
         "backend": manifest["backend"],
@@ -130,6 +133,7 @@ def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
         "worker": manifest["worker"],
         "cached": cached,
         "built_by_run": manifest["run_id"],
+        **strays,
     }
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from qaic_assets import files
+
 TABLE_FILE = Path(__file__).with_name("recipes.yaml")
 COMPILE_FIELDS = ("params_base", "args", "args_sut", "batch", "unquantized")
 DEFAULT_BATCH = "-batchsize={batch}"
@@ -31,7 +33,7 @@ PLACEHOLDERS = ("batch", "profiling_threads", "node_precision", "input_list")
 
 @cache
 def table() -> dict:
-    return yaml.safe_load(TABLE_FILE.read_text())
+    return yaml.safe_load(files.read_text(TABLE_FILE))
 
 
 def merged_table(user: dict | None) -> dict:
@@ -122,7 +124,7 @@ def recipe_code_version(recipe: str, scenarios: list[str], nsp: list[int], table
 def physical_cores_per_socket(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
     """The seed's detect,cpu figure behind -profiling-threads: physical cores of one socket."""
     try:
-        text = cpuinfo.read_text()
+        text = files.read_text(cpuinfo)
     except OSError:
         return os.cpu_count() or 1
     cores: dict[str, set[str]] = {}

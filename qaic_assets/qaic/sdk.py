@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from qaic_assets import files
+
 COMPILERS = ("qaic-compile", "qaic-exec")  # `compiler: auto` takes the first one present
 CPU_COMPILER = "qaic-exec-cpu"
 TOOL_DIRS = {"qaic-runner": ("exec", "tools"), "qaic-qpc": ("tools", "exec"), "qaic-util": ("tools", "exec")}
@@ -94,9 +96,12 @@ def choose_compiler(sdk_root: Path, choice: str = "auto") -> Path:
 def read_version(xml_path: Path, what: str) -> str:
     """``base_version[.build_id]`` of a versions/*.xml file; SdkError naming the file when unusable."""
     try:
-        root = ET.parse(xml_path).getroot()
+        root = ET.fromstring(files.read_bytes(xml_path, files.SMALL_FILE_BYTES))
     except FileNotFoundError:
         raise SdkError(f"SDK version file {xml_path} is missing: reinstall the {what} SDK or fix "
+                       "QAIC_SDK_ROOT") from None
+    except files.NotReadable as exc:  # a FIFO would block the read forever
+        raise SdkError(f"SDK version file {xml_path} {exc.strerror}: reinstall the {what} SDK or fix "
                        "QAIC_SDK_ROOT") from None
     except (ET.ParseError, OSError) as exc:
         raise SdkError(f"SDK version file {xml_path} is not valid XML ({exc}): reinstall the {what} SDK") from None

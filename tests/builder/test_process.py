@@ -25,7 +25,7 @@ from qaic_assets.builder.process import (
     RunResult,
     run_compiler,
 )
-from qaic_assets.builder.outputs import MissingOutput, atomic_output_dir, clean_stale_temps
+from qaic_assets.builder.outputs import MissingOutput, atomic_output_dir, clean_stale_temps, neighbours, stray_entries
 from qaic_assets.hashing import sha256_file
 from qaic_assets.builder.manifest import write_manifest
 
@@ -354,12 +354,31 @@ def test_atomic_dir_replaces_on_success(tmp_path):
     final = tmp_path / "out" / "bs8|offline-nsp14"
     make_previous(final)
     with atomic_output_dir(final, ["programqpc.bin"]) as tmp:
-        assert tmp.parent == final.parent and tmp.name.startswith(f".{final.name}.tmp-")
+        # nested in a private directory beside the final one: what is written at ../ goes with it
+        assert tmp.name == final.name and tmp.parent.parent == final.parent
+        assert tmp.parent.name.startswith(f".{final.name}.tmp-")
         (tmp / "programqpc.bin").write_bytes(b"new binary")
+        (tmp.parent / "stray").write_bytes(b"written at ../stray")
         assert (final / "programqpc.bin").read_bytes() == b"old binary"  # untouched until the end
     assert (final / "programqpc.bin").read_bytes() == b"new binary"
     assert not (final / "sub").exists()
     assert siblings(final) == []
+
+
+def test_stray_entries_name_what_a_call_wrote_outside_its_dir(tmp_path):
+    """`../x` lands in the call's private directory (removed with it); a new visible entry two levels
+    up is only reported: another writer's lock or a sibling output published meanwhile is not one."""
+    final = tmp_path / "out" / "bs1"
+    with atomic_output_dir(final, ["f"]) as tmp:
+        before = neighbours(tmp)
+        (tmp / "f").write_text("output")
+        (tmp.parent / "stray").write_text("../stray")
+        (final.parent / "far").write_text("../../far")
+        (final.parent / ".bs2.lock").write_text("another writer's lock")
+        (final.parent / "bs2").mkdir()
+        (final.parent / "bs2" / "manifest.json").write_text("{}")  # a sibling output published meanwhile
+        assert stray_entries(tmp, before) == (["../stray"], [str(final.parent / "far")])
+    assert sorted(p.name for p in final.parent.iterdir()) == [".bs2.lock", "bs1", "bs2", "far"]
 
 
 def test_atomic_dir_creates_first_time(tmp_path):

@@ -85,8 +85,8 @@ def test_ops_run_exactly_the_plan_and_record_it(project):
     assert calls[0]["argv"] == plan.calibrate.argv
     assert calls[1]["argv"] == plan.compile.argv
     # each ran in a temporary sibling of its final directory, renamed into place afterwards
-    assert Path(calls[0]["cwd"]).parent == plan.calibrate.cwd.parent
-    assert Path(calls[1]["cwd"]).parent == plan.compile.cwd.parent
+    assert Path(calls[0]["cwd"]).parent.parent == plan.calibrate.cwd.parent
+    assert Path(calls[1]["cwd"]).parent.parent == plan.compile.cwd.parent
     assert not [p for p in plan.compile.cwd.parent.iterdir() if p.name.startswith(".")]
 
     profile_file = plan.calibrate.cwd / "profile.yaml"

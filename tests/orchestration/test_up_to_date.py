@@ -39,7 +39,7 @@ def test_fresh_only_while_files_records_and_code_agree(tiny_project):
     os.utime(binary, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert fresh()["binary"] is False
     os.utime(binary, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert fresh()["binary"] is True
+    assert fresh()["binary"] is False  # the mtime put back does not undo the ctime
     # a calibration raw file touched: the profile (and so the build chain) is not fresh
     raw = config.model("tiny").calibration.list.parent / "0.raw"
     raw.write_bytes(raw.read_bytes())

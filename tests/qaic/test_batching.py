@@ -173,7 +173,7 @@ def test_missing_file_names_file_and_line(tmp_path):
 def test_directory_instead_of_file(tmp_path):
     (tmp_path / "adir").mkdir()
     lst = write_list(tmp_path / "l.txt", ["adir"])
-    with pytest.raises(CalibrationInputError, match="adir.*line 1.*not a regular file"):
+    with pytest.raises(CalibrationInputError, match="adir.*line 1.*is a directory: only a regular file can be read here"):
         prepare_batched_inputs(lst, 1, tmp_path / "o")
 
 

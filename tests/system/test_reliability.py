@@ -602,7 +602,7 @@ def test_sigkill_of_the_step_process_kills_the_compiler_and_the_next_run_recompi
                           FAKE_QAIC_SLEEP="60")
     try:
         call = compile_started(project)
-        temp = Path(call["cwd"])
+        temp = Path(call["cwd"]).parent  # .<name>.tmp-<writer pid>-<token>/<name>
         step_pid = int(temp.name.split(".tmp-")[1].split("-")[0])  # .<name>.tmp-<writer pid>-<token>
         assert step_pid not in (worker.pid, os.getpid())
         os.kill(step_pid, signal.SIGKILL)  # e.g. the OOM killer picks the step process
@@ -615,7 +615,7 @@ def test_sigkill_of_the_step_process_kills_the_compiler_and_the_next_run_recompi
     assert wait_gone(call["pid"]), "the compiler outlived its SIGKILLed step process (PR_SET_PDEATHSIG)"
     # what the killed step left: its half-written temp dir and its (no longer held) lock files, the
     # output's and the reader's lock of the profile it compiled from
-    assert (temp / "elfs" / "programqpc.bin").read_bytes().startswith(b"PARTIAL OUTPUT")
+    assert (temp / project.final.name / "elfs" / "programqpc.bin").read_bytes().startswith(b"PARTIAL OUTPUT")
     assert sorted(project.leftovers()) == sorted([str(temp.relative_to(project.store)),
                                                  str(project.final.parent.relative_to(project.store) / ".offline-nsp14.lock"),
                                                  "tiny/calibration/.bs2.lock"])
@@ -692,7 +692,7 @@ def test_two_runs_of_one_partition_take_turns_and_store_one_complete_output(proj
     exits = read_exits(project.sdk)
     assert [c["pid"] for c in calls] == [call_a["pid"], calls[1]["pid"]]
     assert calls[1]["start"] >= exits[call_a["pid"]]["end"], "the two compiles of one output overlapped"
-    writer_a = Path(call_a["cwd"]).name.split(".tmp-")[1].split("-")[0]
+    writer_a = Path(call_a["cwd"]).parent.name.split(".tmp-")[1].split("-")[0]
     waited = [r.user_message for r in project.instance.all_logs(result_b.run_id) if "waiting for" in r.user_message]
     assert waited and f"pid {writer_a} on" in waited[0] and str(project.final) in waited[0]
 
@@ -820,7 +820,7 @@ def test_flag_values_and_paths_reach_the_compiler_as_single_arguments(project, m
     assert argv.count(flag) == 1
     assert argv[argv.index(flag) - 1: argv.index(flag) + 2] == ["-aic-num-cores=2", flag, "-batchsize=2"]
     assert f"-load-profile={store}/tiny/calibration/bs2/profile.yaml" in argv
-    assert Path(compile_call["cwd"]).parent == store / "tiny" / "compiled" / "bs2"
+    assert Path(compile_call["cwd"]).parent.parent == store / "tiny" / "compiled" / "bs2"
     assert (store / "tiny" / "compiled" / "bs2" / "offline-nsp14" / "elfs" / "programqpc.bin").is_file()
     pwned = [p for p in list(project.root.rglob("PWNED*")) + list(Path.cwd().glob("PWNED*"))]
     assert pwned == [], f"a shell ran: {pwned}"

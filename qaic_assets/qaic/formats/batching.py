@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qaic_assets.files import NotReadable, open_regular
 from qaic_assets.qaic.formats.input_lists import InputListError, InputListLine, parse_input_list, select_samples
 
 #: Name of the written list (the seed's name).
@@ -76,18 +77,17 @@ def _validate(
             where = f"(line {line.lineno} of calibration list {list_file}, input {k})"
             if "," in str(path):
                 raise CalibrationInputError(f"calibration input file {path} {where}: path contains a comma")
-            if not path.exists():
-                raise CalibrationInputError(f"calibration input file {path} {where} does not exist")
-            if not path.is_file():
-                raise CalibrationInputError(f"calibration input file {path} {where} is not a regular file")
             try:
-                with open(path, "rb"):
-                    pass
+                with open_regular(path) as f:
+                    size = os.fstat(f.fileno()).st_size
+            except FileNotFoundError:
+                raise CalibrationInputError(f"calibration input file {path} {where} does not exist") from None
+            except NotReadable as exc:
+                raise CalibrationInputError(f"calibration input file {path} {where} {exc.strerror}") from None
             except OSError as exc:
                 raise CalibrationInputError(
                     f"calibration input file {path} {where} is not readable: {exc.strerror or exc}"
                 ) from exc
-            size = path.stat().st_size
             if expected_sizes[k] is None:
                 if size == 0:
                     raise CalibrationInputError(f"calibration input file {path} {where} is empty")
@@ -115,7 +115,7 @@ def _batched_name(batch_idx: int, k: int, n_inputs: int, first_file: Path) -> st
 
 
 def _chunks(src: Path):
-    with open(src, "rb") as f:
+    with open_regular(src) as f:
         while chunk := f.read(_CHUNK):
             yield chunk
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from qaic_assets import files
 from qaic_assets.qaic.flag_table import FLAGS
 
 SPECIALIZATIONS = "network-specialization-config"
@@ -75,8 +76,8 @@ class TemplateError(CompileFileError):
 def _text(path: str | Path, data: bytes | str | None, label: str) -> str:
     if data is None:
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
+            data = files.read_bytes(path, files.SMALL_FILE_BYTES)
+        except OSError as exc:  # files.NotReadable too: a FIFO, a directory, a file too large
             raise CompileFileError(label, "(file)", f"cannot be read ({exc.strerror or exc})",
                                    "check the path and its permissions") from None
     if isinstance(data, bytes):

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from qaic_assets import files
+
 
 class InputListError(ValueError):
     """An input list that cannot be used; the message names the file and the fix."""
@@ -28,11 +30,12 @@ def parse_input_list(list_file: Path, *, what: str = "input list", fix: str = "f
     """Read an input list (docs/FORMATS.md). Empty lines are skipped; paths are resolved against the
     list's directory. ``what``/``fix`` name the list and the remedy in errors of type ``error``."""
     list_file = Path(list_file)
-    if not list_file.is_file():
-        state = "is a directory, not a file" if list_file.is_dir() else "does not exist"
-        raise error(f"{what} {list_file} {state}: {fix}")
     try:
-        text = list_file.read_text(encoding="utf-8")
+        text = files.read_text(list_file)
+    except FileNotFoundError:
+        raise error(f"{what} {list_file} does not exist: {fix}") from None
+    except files.NotReadable as exc:  # a directory, a FIFO (whose read would block forever), a device
+        raise error(f"{what} {list_file} {exc.strerror}: {fix}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{what} {list_file} cannot be read: {exc}") from exc
     base = list_file.parent

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from qaic_assets import files
+
 #: the tools-version document of profiles this project's CPU compiler writes starts with this
 OUR_TOOL = "qaic-exec-cpu"
 
@@ -288,10 +290,13 @@ def parse_text(text: str, path: str | Path = "<profile>") -> Profile:
 def read_profile(path: str | Path) -> Profile:
     """Read a profile file; ProfileError naming the file on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ProfileError(f"profile {path} does not exist: run calibration (-dump-profile) first or fix -load-profile")
     try:
-        text = path.read_text()
+        text = files.read_text(path)
+    except FileNotFoundError:
+        raise ProfileError(f"profile {path} does not exist: run calibration (-dump-profile) first or fix "
+                           "-load-profile") from None
+    except files.NotReadable as exc:
+        raise ProfileError(f"profile {path} {exc.strerror}: fix -load-profile") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"profile {path} is unreadable ({exc}): regenerate it with -dump-profile") from None
     return parse_text(text, path)

@@ -19,12 +19,14 @@ and the fix.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qaic_assets.files import NotReadable, open_regular
 from qaic_assets.qaic.formats.input_lists import InputListError, parse_input_list
 
 __all__ = [
@@ -85,20 +87,22 @@ def load_raw(path: str | Path, dtype, shape: Sequence[int], *, input_name: str |
     dtype = np.dtype(dtype)
     expected = math.prod(shape) * dtype.itemsize
     try:
-        actual = path.stat().st_size
+        with open_regular(path) as f:
+            actual = os.fstat(f.fileno()).st_size
+            if actual != expected:
+                raise RawDataError(
+                    f"raw file {path}{what} has {actual} bytes, expected {expected} bytes ({dtype.name} "
+                    f"{tuple(shape)}): regenerate it for this shape or fix -batchsize / -onnx-define-symbol")
+            data = np.fromfile(f, dtype=dtype, count=math.prod(shape))
     except FileNotFoundError:
         raise RawDataError(f"raw file {path}{what} does not exist: regenerate the input data or fix the list file") from None
+    except NotReadable as exc:
+        raise RawDataError(f"raw file {path}{what} {exc.strerror}: fix the list file") from None
     except OSError as exc:
         raise RawDataError(f"raw file {path}{what} is unreadable ({exc})") from None
-    if actual != expected:
-        raise RawDataError(
-            f"raw file {path}{what} has {actual} bytes, expected {expected} bytes "
-            f"({dtype.name} {tuple(shape)}): regenerate it for this shape or fix -batchsize / -onnx-define-symbol"
-        )
-    try:
-        return np.fromfile(path, dtype=dtype).reshape(tuple(shape))
-    except OSError as exc:
-        raise RawDataError(f"raw file {path}{what} is unreadable ({exc})") from None
+    if data.size != math.prod(shape):  # cut short while read
+        raise RawDataError(f"raw file {path}{what} changed while it was read: regenerate the input data")
+    return data.reshape(tuple(shape))
 
 
 def _load_line(files: list[Path], specs: Sequence[InputSpec], lineno: int, list_name: str) -> tuple[list[np.ndarray], int]:

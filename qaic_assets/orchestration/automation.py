@@ -1,8 +1,13 @@
 """Automation: recompile on SDK upgrade or recipe change, observe the SDK on a cron, nightly sweep.
 
-* `qaic_sdk` is observed by the schedule `observe_qaic_sdk_schedule` (cron `sdk_observe_cron`,
-  default every 15 minutes, running by default) on a compile host; its data version is the compiler
-  version (orchestration/toolchain.py).
+* `qaic_sdk` (its data version is the compiler version, orchestration/toolchain.py) is observed
+  without a run by the sensor `observe_qaic_sdk_sensor` (every minute, in the code server) where the
+  code server can read the compiler (toolchain.observes_here): it records an observation only when
+  something changed (backend, status, Apps or Platform version), in plain words (`sdk_change`), and
+  then reports `sdk_current` for every built binary (orchestration/currency.py). Where the SDK is on
+  the compile hosts only (docs/DEPLOY.md), the schedule `observe_qaic_sdk_schedule` (cron
+  `sdk_observe_cron`, default every 15 minutes) launches the observation run on a compile host; where
+  the sensor observes, the schedule's ticks skip, saying why. Both run by default.
 * The stock automation sensor `qaic_automation` (running by default, evaluated in the code server
   because one operand is project code) evaluates one condition on every `calibration_profile` and
   `compiled_binary` partition, composed from Dagster's public conditions:
@@ -39,11 +44,23 @@ from dataclasses import dataclass
 import dagster as dg
 
 from qaic_assets.orchestration.keys import AUTOMATION_TAG, profile_key
-from qaic_assets.orchestration.toolchain import observed_available
+from qaic_assets.orchestration.resources import Toolchain
+from qaic_assets.orchestration.toolchain import (
+    SDK_FOUND,
+    as_observation,
+    last_found_observation,
+    last_observation,
+    observation_changed,
+    observe_compiler,
+    observed_available,
+    observes_here,
+)
 from qaic_assets.settings import Settings
 
 SENSOR_NAME = "qaic_automation"
 OBSERVE_SCHEDULE_NAME = "observe_qaic_sdk_schedule"
+OBSERVE_SENSOR_NAME = "observe_qaic_sdk_sensor"
+OBSERVE_INTERVAL_S = 60
 CONDITION_LABEL = "recompile_materialized"
 
 
@@ -111,11 +128,49 @@ def build_automation(config: Settings, observe_job) -> Automation:
             "profile or recipe changed" + (
                 f"; nightly ({config.nightly.cron}) every one changed since built" if config.nightly.enabled else ""),
         )
-    observe = dg.ScheduleDefinition(
-        name=OBSERVE_SCHEDULE_NAME,
-        job=observe_job,
-        cron_schedule=config.sdk_observe_cron,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Observes qaic_sdk: a new SDK version recompiles what was compiled with the old one.",
-    )
-    return Automation(condition=recompile_condition(config), sensors=[sensor], schedules=[observe])
+    return Automation(condition=recompile_condition(config),
+                      sensors=[sensor, observe_sensor(config)], schedules=[observe_schedule(config, observe_job)])
+
+
+def observe_sensor(config: Settings) -> dg.SensorDefinition:
+    """Observes `qaic_sdk` in the code server, recording an event only on a change, and reports
+    `sdk_current` of every built binary when the observed compiler changed (cursor: the last one)."""
+    from qaic_assets.orchestration.currency import currency_evaluations, observed
+
+    @dg.sensor(name=OBSERVE_SENSOR_NAME, minimum_interval_seconds=OBSERVE_INTERVAL_S,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Observes qaic_sdk without a run when this host can read the compiler (an event "
+               "only when it changed), and marks each built binary current or not (check sdk_current)")
+    def observe_qaic_sdk_sensor(context: dg.SensorEvaluationContext, toolchain: Toolchain):
+        instance = context.instance
+        here = observes_here(toolchain, instance)
+        events: list = []
+        if here and observation_changed(last_observation(instance), result := observe_compiler(toolchain, instance)):
+            events.append(as_observation(result))
+        found = [e for e in events if getattr(e.metadata.get("status"), "value", None) == SDK_FOUND]
+        now = observed(found[0] if found else last_found_observation(instance))
+        cursor = "|".join(str(v) for v in now)
+        if now[1] is not None and cursor != context.cursor:
+            events += currency_evaluations(config, instance, now)
+        if not events:
+            return dg.SkipReason("no change" if here else f"{toolchain.sdk_root} is not on this host: "
+                                 f"{OBSERVE_SCHEDULE_NAME} observes qaic_sdk on a compile host")
+        return dg.SensorResult(asset_events=events, cursor=cursor)
+
+    return observe_qaic_sdk_sensor
+
+
+def observe_schedule(config: Settings, observe_job) -> dg.ScheduleDefinition:
+    """The observation run on a compile host, for where the code server cannot read the SDK."""
+
+    @dg.schedule(name=OBSERVE_SCHEDULE_NAME, job=observe_job, cron_schedule=config.sdk_observe_cron,
+                 default_status=dg.DefaultScheduleStatus.RUNNING,
+                 description="Observes qaic_sdk on a compile host when the code server's host has no SDK "
+                 "(else the sensor observes it without a run): a new SDK version recompiles what was "
+                 "compiled with the old one.")
+    def observe_qaic_sdk_schedule(context: dg.ScheduleEvaluationContext, toolchain: Toolchain):
+        if observes_here(toolchain, context.instance):
+            return dg.SkipReason(f"{OBSERVE_SENSOR_NAME} observes qaic_sdk on this host without a run")
+        return dg.RunRequest()
+
+    return observe_qaic_sdk_schedule

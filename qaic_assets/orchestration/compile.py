@@ -10,12 +10,21 @@ import dagster as dg
 
 from qaic_assets.builder import service
 from qaic_assets.orchestration.beta import our_beta_apis
-from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, POOL, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.keys import (
+    ACCURACY_CHECK_NAME,
+    POOL,
+    SDK_CURRENT,
+    SDK_KEY,
+    binary_key,
+    profile_key,
+    source_key,
+)
 from qaic_assets.orchestration.metadata import build_metadata, labels, lineage_block, relative, stored_path
 from qaic_assets.orchestration.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
-from qaic_assets.orchestration.sdk_checks import run_sdk_checks, sdk_check_specs
+from qaic_assets.orchestration.currency import current_verdict, report_failed_recompile
+from qaic_assets.orchestration.sdk_checks import FITS_TARGET, THROUGHPUT, run_sdk_checks, sdk_check_specs, skipped
 from qaic_assets.orchestration.toolchain import record_first_observation
 from qaic_assets.qaic.flags import describe_unknown, unknown_flags
 from qaic_assets.settings import Settings
@@ -23,6 +32,18 @@ from qaic_assets.settings import Settings
 #: what the binary is, by the configured backend (the graph depends on the settings only): the CPU
 #: reference compiler writes ONNX, the SDK a QPC; `auto` may be either, depending on the host
 KINDS = {"cpu": {"onnx"}, "qaic": {"qaic"}, "auto": {"qaic", "onnx"}}
+#: the checks a build of each backend cannot run, and why
+NOT_APPLICABLE = {
+    "cpu": {FITS_TARGET: "built by the CPU reference compiler (no SDK on this host), which writes no QPC for "
+                         "qaic-qpc to validate",
+            THROUGHPUT: "built by the CPU reference compiler (no SDK on this host): no QPC for qaic-runner"},
+    "qaic": {ACCURACY_CHECK_NAME: "built by the SDK's compiler: the QPC runs only on a Cloud AI 100 card, and "
+                                  "the accuracy check runs on CPU builds (backend: cpu)"},
+}
+
+
+def not_applicable(name: str, backend: str) -> dg.AssetCheckResult:
+    return skipped(name, NOT_APPLICABLE[backend][name])
 
 
 def compile_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
@@ -36,15 +57,17 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         deps.append(dg.AssetDep(choice_key(model), partition_mapping=profile_mapping()))
     partitions = binary_partitions(project, model)
     check_specs = []
-    # from the configuration only, so every host has the same graph; a binary built by the SDK's
-    # compiler (not runnable here) yields no accuracy result, and the check shows as not evaluated.
-    # One result per partition (partitioned checks): the partition page answers "is bs8|offline-nsp14
+    # from the configuration only, so every host has the same graph: a check is declared where its
+    # backend can run it (accuracy: CPU builds; the SDK's tool checks: SDK builds; `auto`: both, and a
+    # build reports the other backend's as skipped, saying why); `sdk_current` everywhere. One result per partition (partitioned checks): the partition page answers "is bs8|offline-nsp14
     # accurate?", and a failing partition cannot hide behind a passing one.
     with our_beta_apis():
-        if cfg.heldout or cfg.source.standin:
+        if (cfg.heldout or cfg.source.standin) and project.backend != "qaic":  # the QPC runs on a card only
             check_specs = [dg.AssetCheckSpec(ACCURACY_CHECK_NAME, asset=binary_key(model), partitions_def=partitions,
                                              description="int8 vs fp32 on held-out inputs, per partition")]
         sdk_specs = sdk_check_specs(project, model, binary_key(model), partitions)  # fits_target, throughput
+        check_specs += [dg.AssetCheckSpec(SDK_CURRENT, asset=binary_key(model), partitions_def=partitions,
+                                          description="built with the SDK observed now (orchestration/currency.py)")]
     check_specs += sdk_specs
 
     # a multi_asset only for `can_subset`: it makes the check's output optional, so a step that
@@ -75,8 +98,13 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
                 target = binary_partition(context.partition_key)
             except ValueError as exc:
                 raise service.BuildError(str(exc)) from exc
-            built = service.compile_binary(settings, model, target, run_id=context.run.run_id,
-                                           force=config.force, log=context.log)
+            try:
+                built = service.compile_binary(settings, model, target, run_id=context.run.run_id,
+                                               force=config.force, log=context.log)
+            except service.BuildError as exc:
+                if not exc.transient:
+                    report_failed_recompile(context, binary_key(model), target.key, str(exc))
+                raise
         manifest = built.manifest
         record_first_observation(context, manifest)
         batch, nsp, partition = target.batch, target.nsp, target.key
@@ -121,6 +149,10 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             sdk_metadata, check_results = run_sdk_checks(
                 settings, [spec for spec in sdk_specs if spec.name in selected], built.output, nsp)
             metadata |= sdk_metadata
+        # `backend: auto` declares both backends' checks (the graph cannot know the host); the ones this
+        # build cannot run say why in one line instead of showing as never evaluated
+        check_results += [not_applicable(name, manifest["backend"]) for name in sorted(selected)
+                          if name in NOT_APPLICABLE[manifest["backend"]]]
         accuracy = None
         if ACCURACY_CHECK_NAME in selected and manifest["backend"] == "cpu":
             from qaic_assets.orchestration.checks import accuracy_check
@@ -136,5 +168,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
                                    data_version=dg.DataVersion(manifest["output"]["sha256"]))
         yield from check_results
+        if SDK_CURRENT in selected:
+            yield dg.AssetCheckResult(check_name=SDK_CURRENT, **current_verdict(context.instance, metadata))
 
     return compiled_binary

@@ -14,6 +14,7 @@ TAG_PREFIX = "qaic_assets/"
 AUTOMATION_TAG = TAG_PREFIX + "automation"  # runs the automation requested: "recompile"
 DEMO_TAG = TAG_PREFIX + "demo_run"  # runs of `make demo`: a token per run, to follow it
 ACCURACY_CHECK_NAME = "accuracy_vs_fp32"
+SDK_CURRENT = "sdk_current"  # built with the SDK observed now (orchestration/currency.py)
 
 
 def source_key(model: str) -> dg.AssetKey:

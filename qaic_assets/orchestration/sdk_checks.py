@@ -8,7 +8,8 @@
   second as a number, so the UI plots throughput across SDK versions.
 
 Without the tool or the card a check is reported as skipped (a warning naming the reason), never as a
-silent pass. Both exist only on the SDK backend (the CPU compiler writes no QPC).
+silent pass. Both exist only on the SDK backend (the CPU compiler writes no QPC; with `backend: auto` a
+CPU build reports them skipped, saying so: orchestration/compile.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def sdk_check_specs(project: Settings, model: str, asset_key: dg.AssetKey,
     return specs
 
 
-def _skipped(name: str, reason: str) -> dg.AssetCheckResult:
+def skipped(name: str, reason: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=name, passed=False, severity=dg.AssetCheckSeverity.WARN,
                                description=f"skipped: {reason}",
                                metadata={"skipped": True, "reason": dg.MetadataValue.text(reason)})
@@ -53,7 +54,7 @@ def _slug(key: str) -> str:
 def _validate(project: Settings, binary, nsp: int) -> tuple[dict, dg.AssetCheckResult, tools.QpcReport | None]:
     tool = tool_path(project.sdk_root, "qaic-qpc")
     if tool is None:
-        return {}, _skipped(FITS_TARGET, f"{project.sdk_root}/tools/qaic-qpc is not installed (Platform SDK)"), None
+        return {}, skipped(FITS_TARGET, f"{project.sdk_root}/tools/qaic-qpc is not installed (Platform SDK)"), None
     try:
         report = tools.parse_qpc_validate(run_tool(tools.validate_argv(tool, binary)))
     except tools.ToolError as exc:
@@ -75,14 +76,14 @@ def _throughput(project: Settings, binary_dir, nsp: int, report) -> tuple[dict, 
     util, runner = tool_path(project.sdk_root, "qaic-util"), tool_path(project.sdk_root, "qaic-runner")
     if util is None or runner is None:
         missing = "tools/qaic-util" if util is None else "exec/qaic-runner"
-        return {}, _skipped(THROUGHPUT, f"{project.sdk_root}/{missing} is not installed (Platform SDK)")
+        return {}, skipped(THROUGHPUT, f"{project.sdk_root}/{missing} is not installed (Platform SDK)")
     try:
         devices = tools.parse_qaic_util(run_tool([str(util), "-q"]))
     except tools.ToolError as exc:
-        return {}, _skipped(THROUGHPUT, f"no card: {exc}")
+        return {}, skipped(THROUGHPUT, f"no card: {exc}")
     device = next((d for d in devices if d.qid == opts.device), None)
     if device is None or not device.ready:
-        return {}, _skipped(THROUGHPUT, f"no ready card with QID {opts.device} (qaic-util -q lists "
+        return {}, skipped(THROUGHPUT, f"no ready card with QID {opts.device} (qaic-util -q lists "
                                         f"{[d.qid for d in devices if d.ready] or 'none'})")
     activations = opts.activations or max(1, nsp // report.nsp_required if report else 1)
     argv = tools.runner_argv(runner, binary_dir, activations, opts.inferences, opts.device)

@@ -66,6 +66,16 @@ def last_observation(instance: dg.DagsterInstance | None) -> dg.AssetObservation
     return records[0].asset_observation if records else None
 
 
+def last_found_observation(instance: dg.DagsterInstance | None) -> dg.AssetObservation | None:
+    """The newest `qaic_sdk` observation that found the compiler (of the last 20)."""
+    if instance is None:
+        return None
+    for record in instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SDK_KEY), limit=20).records:
+        if getattr(record.asset_observation.metadata.get("status"), "value", None) == SDK_FOUND:
+            return record.asset_observation
+    return None
+
+
 def latest_data_version(instance: dg.DagsterInstance | None) -> str | None:
     """The data version (compiler version) of the newest `qaic_sdk` observation that has one."""
     if instance is None:
@@ -83,7 +93,7 @@ def observed_available(instance: dg.DagsterInstance) -> bool:
     return last is not None and getattr(last.metadata.get("status"), "value", None) == SDK_FOUND
 
 
-def _sdk_seen(instance: dg.DagsterInstance | None) -> bool:
+def sdk_seen(instance: dg.DagsterInstance | None) -> bool:
     """Did the latest `qaic_sdk` observation see the SDK backend?"""
     last = last_observation(instance)
     return last is not None and getattr(last.metadata.get("backend"), "value", None) == "qaic"
@@ -93,7 +103,7 @@ def compiler_status(toolchain: Toolchain, instance: dg.DagsterInstance | None = 
     """The compiler that materializations on this host would use now; `auto`: the SDK once it was seen.
     An SDK root that exists is the SDK's, compiler or not (never a silent switch to the CPU compiler)."""
     root = Path(toolchain.sdk_root)
-    if backend_name(toolchain.backend, root, sdk_seen=toolchain.backend == "auto" and _sdk_seen(instance)) == "cpu":
+    if backend_name(toolchain.backend, root, sdk_seen=toolchain.backend == "auto" and sdk_seen(instance)) == "cpu":
         cpu = cpu_backend()
         return CompilerStatus("cpu", True, cpu.version, cpu.executable)
     try:
@@ -163,6 +173,35 @@ def observe_compiler(toolchain: Toolchain, instance: dg.DagsterInstance | None) 
         return dg.ObserveResult(metadata=metadata)
     metadata["version"] = dg.MetadataValue.text(f"{previous} (last seen)")
     return dg.ObserveResult(data_version=dg.DataVersion(previous), metadata=metadata)
+
+
+def observes_here(toolchain: Toolchain, instance: dg.DagsterInstance | None) -> bool:
+    """Can this process (the code server, on the daemon's host) observe the compiler itself? The CPU
+    compiler always; an SDK root that is on this host; `auto` while the SDK was never seen (it observes
+    the CPU compiler). Otherwise the SDK is on the compile hosts only (docs/DEPLOY.md): a run there
+    observes it."""
+    if toolchain.backend == "cpu" or Path(toolchain.sdk_root).is_dir():
+        return True
+    return toolchain.backend == "auto" and not sdk_seen(instance)
+
+
+def observation_changed(previous: dg.AssetObservation | None, result: dg.ObserveResult) -> bool:
+    """Would `result` say anything the previous observation did not (backend, status, versions)?"""
+    if previous is None:
+        return True
+    fields = ("backend", "status", "version", "apps_sdk_version", "platform_sdk_version", "compiler")
+    before = {k: getattr(previous.metadata.get(k), "value", None) for k in fields}
+    now = {k: getattr(result.metadata.get(k), "value", None) for k in fields}
+    if before["status"] != SDK_FOUND and now["status"] == before["status"]:
+        return False  # still missing: nothing new to say
+    return before != now
+
+
+def as_observation(result: dg.ObserveResult) -> dg.AssetObservation:
+    """The event an observation run would record, for a sensor to report without a run."""
+    version = result.data_version.value if result.data_version else None
+    return dg.AssetObservation(asset_key=SDK_KEY, metadata=result.metadata,
+                               tags={DATA_VERSION_TAG: version} if version else None)
 
 
 def record_first_observation(context: dg.AssetExecutionContext, manifest: dict) -> None:

@@ -9,7 +9,7 @@ import pytest
 from fake_sdk import make_fake_sdk
 from qaic_assets.orchestration import build_definitions
 from qaic_assets.orchestration.jobs import SOURCES_JOB, matrix_jobs
-from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
+from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, SDK_CURRENT, binary_key, profile_key, source_key
 from qaic_assets.orchestration.metadata import resolve
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain
 from qaic_assets.orchestration.sdk_checks import FITS_TARGET
@@ -46,8 +46,9 @@ def test_definitions_do_not_depend_on_the_local_sdk(tmp_path, backend):
     graphs = [graph_of(build_definitions(settings.model_copy(update={"sdk_root": root})))
               for root in (with_sdk, tmp_path / "no-sdk")]
     assert graphs[0] == graphs[1]
-    assert f"resnet50/compiled_binary:{ACCURACY_CHECK_NAME}" in graphs[0]["checks"]
-    assert f"digits/compiled_binary:{ACCURACY_CHECK_NAME}" in graphs[0]["checks"]  # held-out set
+    for model in ("resnet50", "digits"):  # (digits: a held-out set) accuracy where CPU builds can happen
+        assert (f"{model}/compiled_binary:{ACCURACY_CHECK_NAME}" in graphs[0]["checks"]) == (backend != "qaic")
+        assert f"{model}/compiled_binary:{SDK_CURRENT}" in graphs[0]["checks"]
     assert str(with_sdk) not in repr(graphs[0]) and "no-sdk" not in repr(graphs[0])
 
 
@@ -101,32 +102,38 @@ def test_partition_run_tags_use_the_public_tag_names():
     assert partition_run_tags(None) == {}
 
 
-@pytest.mark.parametrize("backend", ["qaic", "cpu"])
-def test_accuracy_check_declared_everywhere_evaluated_for_cpu_builds_only(tiny_project, backend):
-    """A model with a held-out set has the accuracy check on every host; a binary built by the SDK's
-    qaic-exec (not runnable here) succeeds without a check result, so the check shows as not
-    evaluated; a CPU build evaluates it in the same step."""
+@pytest.mark.parametrize("backend", ["qaic", "cpu", "auto"])
+def test_a_check_is_declared_where_its_backend_can_run_it_and_auto_says_why_not(tiny_project, backend):
+    """A model with a held-out set: the accuracy check where CPU builds can happen, the SDK's tool
+    check where SDK builds can; `auto` declares both and a build reports the one it cannot run as
+    skipped with the reason (never a check that is always "not evaluated" without a word)."""
     project = tiny_project
     project.config_path.write_text(project.config_path.read_text().replace(
         "    calibration: {list: cal/cal.txt}\n", "    calibration: {list: cal/cal.txt}\n    heldout: {list: cal/cal.txt}\n"))
     defs = build_definitions(project.config, resources={
         "toolchain": Toolchain(backend=backend, sdk_root=str(project.sdk))})
     project._defs = defs
-    checks = [spec.name for a in defs.assets if isinstance(a, dg.AssetsDefinition) for spec in a.check_specs]
-    # the graph follows the toolchain the builds use: the SDK's tool checks only for the SDK backend
-    assert checks == [ACCURACY_CHECK_NAME, FITS_TARGET] if backend == "qaic" else [ACCURACY_CHECK_NAME]
+    checks = sorted(spec.name for a in defs.assets if isinstance(a, dg.AssetsDefinition) for spec in a.check_specs)
+    assert checks == {"qaic": [FITS_TARGET, SDK_CURRENT], "cpu": [ACCURACY_CHECK_NAME, SDK_CURRENT],
+                      "auto": [ACCURACY_CHECK_NAME, FITS_TARGET, SDK_CURRENT]}[backend]
     project.observe_sdk()
     project.materialize(source_key("tiny"))
     project.materialize(profile_key("tiny"), "bs1")
     result = project.materialize(binary_key("tiny"), "bs1|offline-nsp14")
     assert result.success
-    evaluations = result.get_asset_check_evaluations()
-    assert latest_backend(project) == backend
-    if backend == "qaic":  # the SDK's tool checks what the SDK built; no accuracy result
-        assert [e.check_name for e in evaluations] == [FITS_TARGET]
-    else:
-        assert [e.check_name for e in evaluations] == [ACCURACY_CHECK_NAME]
-        assert "score" in evaluations[0].metadata
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert latest_backend(project) == ("qaic" if backend == "auto" else backend)  # auto: the SDK is here
+    assert sorted(evaluations) == sorted(checks)  # every declared check has a result
+    assert evaluations[SDK_CURRENT].passed
+    if backend != "cpu":  # the SDK built it: its tool checks ran (qaic-qpc is not in this stand-in)
+        assert "tools/qaic-qpc is not installed" in evaluations[FITS_TARGET].description
+    if backend == "auto":
+        skipped = evaluations[ACCURACY_CHECK_NAME]
+        assert not skipped.passed and skipped.severity == dg.AssetCheckSeverity.WARN
+        assert skipped.description == ("skipped: built by the SDK's compiler: the QPC runs only on a Cloud AI "
+                                       "100 card, and the accuracy check runs on CPU builds (backend: cpu)")
+    if backend == "cpu":
+        assert evaluations[ACCURACY_CHECK_NAME].passed and "score" in evaluations[ACCURACY_CHECK_NAME].metadata
 
 
 def latest_backend(project) -> str:

@@ -1,0 +1,120 @@
+"""After an SDK upgrade no binary looks current that is not (orchestration/currency.py), and the SDK is
+observed without a run per tick (orchestration/automation.py: observe_qaic_sdk_sensor).
+
+A tick is the sensor's function called as the daemon calls it, its events recorded as the daemon
+records them (`report_runless_asset_event`); the strict fake SDK is upgraded between ticks, and one
+recompile fails by the fake compiler's fault switch (FAKE_QAIC_EXIT)."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from fake_sdk import set_fake_sdk_version
+from helpers import latest
+from qaic_assets.orchestration.automation import OBSERVE_SCHEDULE_NAME, OBSERVE_SENSOR_NAME
+from qaic_assets.orchestration.keys import SDK_CURRENT, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.resources import Toolchain
+
+BUILT = ["bs1|offline-nsp14", "bs2|offline-nsp14"]
+
+
+class SensorTicks:
+    def __init__(self, project, toolchain: Toolchain | None = None):
+        self.project, self.cursor = project, None
+        config = project.config
+        self.toolchain = toolchain or Toolchain(backend=config.backend, sdk_root=str(config.sdk_root))
+
+    def tick(self) -> list:
+        """The events of one tick (recorded in the instance), [] when it skipped."""
+        sensor = self.project.defs.resolve_sensor_def(OBSERVE_SENSOR_NAME)
+        context = dg.build_sensor_context(instance=self.project.instance, cursor=self.cursor,
+                                          resources={"toolchain": self.toolchain})
+        result = sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return []
+        self.cursor = result.cursor
+        for event in result.asset_events:
+            self.project.instance.report_runless_asset_event(event)
+        return list(result.asset_events)
+
+
+def currency(project, partition: str):
+    """The latest sdk_current evaluation of that partition."""
+    history = project.instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(binary_key("tiny"), SDK_CURRENT), limit=100)
+    mine = [r for r in history if r.partition == partition]  # newest first
+    return mine[0].event.dagster_event.event_specific_data if mine else None
+
+
+def runs(project) -> int:
+    return len(project.instance.get_run_records())
+
+
+def test_an_upgrade_marks_each_binary_not_current_until_rebuilt_and_a_failed_recompile_says_so(tiny_project, monkeypatch):
+    project = tiny_project
+    ticks = SensorTicks(project)
+    [observation] = ticks.tick()  # the first observation, without a run
+    assert observation.asset_key == SDK_KEY and observation.tags["dagster/data_version"] == "1.18.2.0.5"
+    assert observation.metadata["sdk_change"].value == "first observation: Apps SDK 1.18.2.0.5, Platform SDK not installed"
+    project.materialize(source_key("tiny"))
+    for batch in ("bs1", "bs2"):
+        project.materialize(profile_key("tiny"), batch)
+    for partition in BUILT:
+        project.materialize(binary_key("tiny"), partition)
+        check = currency(project, partition)  # reported by the build itself
+        assert check.passed and check.description == "built with Apps SDK 1.18.2.0.5, the SDK observed now"
+
+    before = runs(project)
+    assert ticks.tick() == []  # nothing changed: no event
+    assert ticks.tick() == []
+    assert runs(project) == before  # and no run
+
+    set_fake_sdk_version(project.sdk, "1.18.2", "0.6")
+    events = ticks.tick()
+    assert [type(e).__name__ for e in events] == ["AssetObservation"] + ["AssetCheckEvaluation"] * 2
+    assert events[0].tags["dagster/data_version"] == "1.18.2.0.6"
+    assert events[0].metadata["sdk_change"].value == \
+        "Apps SDK 1.18.2.0.5 -> 1.18.2.0.6; Platform SDK not installed (unchanged)"
+    for partition in BUILT:
+        check = currency(project, partition)
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+        assert check.description == ("built with Apps SDK 1.18.2.0.5, current Apps SDK 1.18.2.0.6: "
+                                     "recompile pending")
+    assert currency(project, "bs4|offline-nsp14") is None  # never built: no verdict
+    assert runs(project) == before
+
+    # the automation's recompiles: one succeeds, one fails
+    project.materialize(profile_key("tiny"), "bs1")
+    project.materialize(binary_key("tiny"), BUILT[0])
+    assert currency(project, BUILT[0]).passed
+    monkeypatch.setenv("FAKE_QAIC_EXIT", "3")
+    failed = project.materialize(profile_key("tiny"), "bs2", raise_on_error=False)
+    assert not failed.success
+    monkeypatch.delenv("FAKE_QAIC_EXIT")
+    project.materialize(profile_key("tiny"), "bs2")
+    monkeypatch.setenv("FAKE_QAIC_EXIT", "3")
+    failed = project.materialize(binary_key("tiny"), BUILT[1], raise_on_error=False)
+    assert not failed.success
+    check = currency(project, BUILT[1])
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description.startswith(f"recompile for Apps SDK 1.18.2.0.6 failed in run {failed.run_id}: ")
+    assert ": qaic-exec failed: exit code 3 after " in check.description
+    assert check.description.endswith("; serving the binary built with Apps SDK 1.18.2.0.5")
+    assert latest(project.instance, binary_key("tiny"), BUILT[1]).metadata["sdk_version"].value == "1.18.2.0.5"
+    assert ticks.tick() == []  # the failure stays visible: no tick overwrites it
+
+
+@pytest.mark.parametrize("sdk_here", [True, False])
+def test_the_schedule_launches_an_observation_run_only_where_the_code_server_has_no_sdk(tiny_project, sdk_here):
+    project = tiny_project
+    root = str(project.config.sdk_root) if sdk_here else str(project.sdk.parent / "not-on-this-host")
+    toolchain = Toolchain(backend="qaic", sdk_root=root)
+    schedule = project.defs.resolve_schedule_def(OBSERVE_SCHEDULE_NAME)
+    result = schedule(dg.build_schedule_context(instance=project.instance, resources={"toolchain": toolchain}))
+    if sdk_here:
+        assert isinstance(result, dg.SkipReason) and OBSERVE_SENSOR_NAME in result.skip_message
+        assert SensorTicks(project, toolchain).tick()  # the sensor observes instead
+    else:
+        assert isinstance(result, dg.RunRequest)
+        assert SensorTicks(project, toolchain).tick() == []  # nothing to read here: the run observes

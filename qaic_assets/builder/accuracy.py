@@ -221,9 +221,11 @@ def _store_result(path: Path, key_inputs: dict, result: dict) -> None:
         pass
 
 def evaluate(config: Settings, model: str, argv: list[str], binary: Path, batch: int, *,
-             binary_sha256: str | None = None, source_sha256: str | None = None) -> tuple[dict, bool]:
+             binary_sha256: str | None = None, source_sha256: str | None = None,
+             force: bool = False) -> tuple[dict, bool]:
     """(result, cached) of comparing `binary` (compiled with `argv`) with its source; the stored result
-    is reused when nothing it depends on changed. The sha256s are computed when not given."""
+    is reused when nothing it depends on changed, unless `force` (a forced rebuild measures again and
+    stores the new result). The sha256s are computed when not given."""
     heldout, labels = heldout_files(config, model)
     source = model_inputs(config, model).model
     symbols = parse_argv(argv[1:]).symbols
@@ -231,7 +233,7 @@ def evaluate(config: Settings, model: str, argv: list[str], binary: Path, batch:
                   "batch": batch, "symbols": dict(symbols)}
     path = checks_dir(config, model) / (
         result_key(key_inputs["binary"], key_inputs["source"], heldout, labels, batch, symbols) + ".json")
-    result = _load_result(path)
+    result = None if force else _load_result(path)
     if result is not None:
         return result, True
     result = compare(source, binary, heldout, batch=batch, symbols=symbols, labels=labels)

@@ -351,7 +351,10 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
             if same and copy_build(Path(same[1]["cwd"]), tmp, command.output, same[1]["output"]["sha256"], log):
                 log.info(f"same build as {same[0]}: the CPU compiler applies the same command; copied "
                          f"{same[1]['output']['path']}")
-                result = RunResult(command.argv, 0, 0.0, 0, [f"same build as {same[0]} (no compiler call)"])
+                # the build it shares: its duration and peak RSS are what these bytes cost (no plot of
+                # shared builds shows a zero that was never measured)
+                result = RunResult(command.argv, 0, float(same[1]["duration_s"]), int(same[1]["peak_rss_bytes"]),
+                                   [f"same build as {same[0]} (no compiler call; duration and peak RSS are its)"])
                 extra = same[1].get("extra", {})
             else:
                 same = None

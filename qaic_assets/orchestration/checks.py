@@ -3,8 +3,8 @@ source on held-out inputs. Passes when the score (accuracy ratio with labels, el
 else cosine similarity) reaches the threshold: 0.99 of fp32 by default, the seed's bert-99 criterion.
 
 The numbers come from builder/accuracy.py, which keeps them content-addressed so a compile that hits
-the build cache reports the stored result (metadata `cached: true`); the threshold is applied here on
-every evaluation, so changing it takes effect without recomputing."""
+the build cache reports the stored result (metadata `cached: true`; a forced rebuild measures again);
+the threshold is applied here on every evaluation, so changing it takes effect without recomputing."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from qaic_assets.settings import Settings
 
 
 def accuracy_check(config: Settings, model: str, argv: list[str], binary: Path, batch: int, *,
-                   binary_sha256: str | None = None, source_sha256: str | None = None) -> dg.AssetCheckResult:
-    """The check's result for `binary` (compiled with `argv`)."""
+                   binary_sha256: str | None = None, source_sha256: str | None = None,
+                   force: bool = False) -> dg.AssetCheckResult:
+    """The check's result for `binary` (compiled with `argv`); `force` (a forced rebuild) measures again."""
     result, cached = evaluate(config, model, argv, binary, batch, binary_sha256=binary_sha256,
-                              source_sha256=source_sha256)
+                              source_sha256=source_sha256, force=force)
     limit = threshold(config, model)
     numbers = {k: result[k] for k in ("score", "top1_agreement", "cosine", "max_abs_error",
                                       "accuracy_fp32", "accuracy_compiled", "accuracy_ratio", "samples")

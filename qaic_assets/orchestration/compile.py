@@ -158,7 +158,8 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             from qaic_assets.orchestration.checks import accuracy_check
 
             accuracy = accuracy_check(settings, model, built.command.argv, built.output, batch,
-                                      binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256)
+                                      binary_sha256=manifest["output"]["sha256"], source_sha256=built.source.sha256,
+                                      force=config.force)
             check_results.append(accuracy)
             # the verdict on the materialization too: one query answers "built, and accurate?" (demo table)
             metadata[ACCURACY_CHECK_NAME] = dg.MetadataValue.text("passed" if accuracy.passed else "FAILED")

@@ -46,9 +46,10 @@ def cpu_project(tmp_path, monkeypatch):
         yield settings, build_definitions(settings), instance
 
 
-def materialize(defs, instance, key, partition=None):
+def materialize(defs, instance, key, partition=None, force=False):
     assets_def = defs.resolve_asset_graph().get(key).assets_def
-    return dg.materialize([assets_def], instance=instance, partition_key=partition, selection=[key])
+    config = {"ops": {assets_def.op.name: {"config": {"force": True}}}} if force else None
+    return dg.materialize([assets_def], instance=instance, partition_key=partition, selection=[key], run_config=config)
 
 
 def latest(instance, key, partition):
@@ -153,6 +154,10 @@ def test_identical_cpu_commands_are_built_once(cpu_project, monkeypatch):
     assert second["same_build_as"].value == "bs1|offline-nsp14" and "same_build_as" not in first
     assert second["sha256"].value == first["sha256"].value
     assert "same build as `bs1|offline-nsp14`" in second["lineage"].value
+    # what the shared bytes cost is the build's own measurement, not a zero that was never measured
+    assert first["duration_s"].value > 0 and first["peak_rss_mb"].value > 0
+    assert (second["duration_s"].value, second["peak_rss_mb"].value) == (first["duration_s"].value,
+                                                                         first["peak_rss_mb"].value)
     root = settings.storage_root / "digits/compiled/bs1"
     a, b = root / "offline-nsp14/elfs/programqpc.onnx", root / "singlestream-nsp14/elfs/programqpc.onnx"
     assert a.stat().st_ino != b.stat().st_ino  # a copy: two files that cannot diverge
@@ -167,3 +172,20 @@ def test_identical_cpu_commands_are_built_once(cpu_project, monkeypatch):
     # re-materializing a shared partition with nothing changed is a cache hit, still no compiler call
     materialize(defs, instance, binary_key("digits"), "bs1|singlestream-nsp14")
     assert len(calls) == 4
+
+
+def test_a_forced_rebuild_measures_accuracy_again(cpu_project, monkeypatch):
+    """A cache hit reports the stored accuracy result (`cached: true`); `force: true` rebuilds and
+    measures again, storing the new numbers."""
+    settings, defs, instance = cpu_project
+    import qaic_assets.builder.accuracy as accuracy
+
+    compared = []
+    real = accuracy.compare
+    monkeypatch.setattr(accuracy, "compare", lambda *a, **kw: compared.append(a) or real(*a, **kw))
+    materialize(defs, instance, source_key("digits"))
+    materialize(defs, instance, profile_key("digits"), "bs1")
+    runs = [materialize(defs, instance, binary_key("digits"), "bs1|offline-nsp14", force=force)
+            for force in (False, False, True)]
+    cached = [next(e for e in r.get_asset_check_evaluations()).metadata["cached"].value for r in runs]
+    assert cached == [False, True, False] and len(compared) == 2

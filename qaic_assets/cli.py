@@ -122,15 +122,14 @@ def _partition(config, model: str, key: str) -> BinaryPartition:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    import dagster as dg
-
+    from qaic_assets.orchestration.instance import open_instance
     from qaic_assets.orchestration.lineage import lineage
 
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
     _partition(config, args.model, args.partition)
     _dagster_home()
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
         chain = lineage(instance, args.model, args.partition)
     if args.json:
         print(json.dumps(chain, indent=2, default=str))
@@ -149,16 +148,15 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    import dagster as dg
-
     from qaic_assets.builder.service import BuildError
+    from qaic_assets.orchestration.instance import open_instance
     from qaic_assets.orchestration.lineage import register_binary
 
     config = load_settings(args.config)
     _choose("model", [args.model], config.model_names)
     partition = _partition(config, args.model, args.partition)
     _dagster_home()
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
         try:
             info = register_binary(config, instance, args.model, partition, Path(args.source))
         except BuildError as exc:
@@ -246,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ConfigError, SdkError, CommandError) as exc:
         print(f"qaic-assets {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an instance that cannot be written: one message, not sqlite's traceback
+        from qaic_assets.orchestration.instance import storage_error, storage_error_message
+
+        reason = storage_error(exc)
+        if reason is None:
+            raise
+        print(f"qaic-assets {args.command}: {storage_error_message(reason)}", file=sys.stderr)
         return 1
 
 

@@ -22,6 +22,12 @@ with no daemon. So the demo keeps only what those do not give: launching each ru
 it needs are done, on run workers forked from this process; deciding before launch that a run has
 nothing to do (a backfill would launch it and let the build hit its cache); and one line or a live
 display per step.
+
+Faults (docs/RELIABILITY.md). The instance is opened under a lock (orchestration/instance.py); one that
+cannot be written (disk full, read-only) ends the demo with one message naming DAGSTER_HOME, the
+traceback in the log. The run workers die with the demo; SIGTERM and Ctrl-C cancel the demo's runs
+and stop the workers (and so their compilers); a run left unfinished by a demo that is gone is failed
+by the next one.
 """
 
 from __future__ import annotations
@@ -29,9 +35,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
+import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -40,10 +49,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from qaic_assets.builder.process import TERM_GRACE_S, die_with_parent
 from qaic_assets.orchestration.executor import execution_run_config
+from qaic_assets.orchestration.instance import instance_lock, open_instance, storage_error, storage_error_message
 from qaic_assets.orchestration.up_to_date import UpToDate, Step
-from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, DEMO_TAG, POOL, SDK_KEY, binary_key, profile_key, source_key
-from qaic_assets.orchestration.progress import UP_TO_DATE, PlainProgress, RunFollower, progress_for
+from qaic_assets.orchestration.keys import (ACCURACY_CHECK_NAME, DEMO_TAG, POOL, SDK_KEY, TAG_PREFIX, binary_key,
+                                           profile_key, source_key)
+from qaic_assets.orchestration.progress import FAILED, NOT_RUN, UP_TO_DATE, PlainProgress, RunFollower, progress_for
 from qaic_assets.settings import Settings, load_settings
 
 
@@ -121,12 +133,53 @@ def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = Non
     return dg.execute_job(job, instance=instance, run_config=config, tags=tags, asset_selection=asset_selection)
 
 
+#: On each demo run, "<host> <demo pid> <run worker pid>": a run left unfinished when both processes
+#: are gone is failed by the next demo on that host (fail_orphaned_runs).
+PROCESSES_TAG = TAG_PREFIX + "demo_processes"
+
 _WORKER_INSTANCE: dg.DagsterInstance | None = None
 
 
-def _start_worker(home: str) -> None:
-    """A run worker opens the demo's instance once (DAGSTER_HOME: its root directory)."""
+def _alive(pid: int) -> bool:
+    """pid runs (a zombie, dead but not reaped yet, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:  # gone, or no /proc (not Linux)
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+#: How often a run worker not forked from the demo checks that the demo still runs.
+WATCH_DEMO_S = 0.5
+
+
+def _watch_demo(demo_pid: int) -> None:
+    while _alive(demo_pid):
+        time.sleep(WATCH_DEMO_S)
+    os.kill(os.getpid(), signal.SIGKILL)  # as PR_SET_PDEATHSIG would; its compilers die by theirs
+
+
+def _start_worker(home: str, demo_pid: int) -> None:
+    """A run worker dies with the demo. Forked from it: SIGKILL when it dies (builder/process.py's
+    PR_SET_PDEATHSIG helper). From the forkserver, its parent, that is not enough: the forkserver
+    lives until its last child has exited; so a thread watches the demo's pid. Its own process
+    group: a Ctrl-C on the terminal reaches the demo only, which cancels the runs before it stops
+    the workers (a worker interrupted first would record its run as failed). The demo's signal
+    handlers, copied by a fork, are reset. It opens the demo's instance once (DAGSTER_HOME)."""
     global _WORKER_INSTANCE
+    die_with_parent(os.getppid())()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setpgrp()
+    if os.getppid() != demo_pid:  # the forkserver's child, or the demo died before PR_SET_PDEATHSIG was set
+        threading.Thread(target=_watch_demo, args=(demo_pid,), daemon=True).start()
     os.environ["DAGSTER_HOME"] = home
     _WORKER_INSTANCE = dg.DagsterInstance.get()
 
@@ -135,10 +188,11 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
-def _worker_run(job: str, partition: str | None, token: str, keys: list[list[str]]) -> bool:
+def _worker_run(job: str, partition: str | None, token: str, keys: list[list[str]], demo_pid: int) -> bool:
     """One demo run in a run worker, its steps one after another in this process."""
-    result = run_job(_WORKER_INSTANCE, job, partition, tags={DEMO_TAG: token},
-                     asset_selection=[dg.AssetKey(k) for k in keys], in_process=True)
+    tags = {DEMO_TAG: token, PROCESSES_TAG: f"{socket.gethostname()} {demo_pid} {os.getpid()}"}
+    result = run_job(_WORKER_INSTANCE, job, partition, tags=tags, asset_selection=[dg.AssetKey(k) for k in keys],
+                     in_process=True)
     return result.success
 
 
@@ -218,7 +272,7 @@ def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None)
     if mp_context.get_start_method() == "forkserver":
         mp_context.set_forkserver_preload(PRELOAD)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, initializer=_start_worker,
-                               initargs=(dagster_home(),))
+                               initargs=(dagster_home(), os.getpid()))
     print(f"run workers: {workers}, started by {mp_context.get_start_method()}", file=sys.stderr, flush=True)
     if mp_context.get_start_method() == "fork":
         sys.stdout.flush()  # else a worker would print this process's buffered output again
@@ -229,11 +283,93 @@ def _run_workers(instance: dg.DagsterInstance, workers: int, method: str | None)
     return pool
 
 
+def _demo_runs(instance: dg.DagsterInstance, tokens: list[str]) -> list[dg.DagsterRun]:
+    if not tokens:
+        return []
+    return [r.dagster_run for r in instance.get_run_records(filters=dg.RunsFilter(tags={DEMO_TAG: tokens}))]
+
+
 def _fail_lost_run(instance: dg.DagsterInstance, token: str, why: str) -> None:
     """A run whose worker died (killed, out of memory) is recorded as failed, not left STARTED."""
-    for record in instance.get_run_records(filters=dg.RunsFilter(tags={DEMO_TAG: token}), limit=1):
-        if not record.dagster_run.is_finished:
-            instance.report_run_failed(record.dagster_run, message=why)  # non-public: tests/test_layers.py
+    for run in _demo_runs(instance, [token]):
+        if not run.is_finished:
+            instance.report_run_failed(run, message=why)  # non-public: tests/test_layers.py
+
+
+_UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+               dg.DagsterRunStatus.CANCELING]
+
+
+def _orphaned(run: dg.DagsterRun) -> bool:
+    """A demo run of this host whose demo and run worker have both ended."""
+    host, *pids = run.tags.get(PROCESSES_TAG, "").split() or [""]
+    return host == socket.gethostname() and not any(_alive(int(pid)) for pid in pids)
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance) -> int:
+    """A demo run left unfinished by a demo that is gone (killed, or it could not write the run's end:
+    a full disk) is marked failed (canceled, if it was being canceled): decided by whether its
+    processes still run, not by its age. Under the instance lock: two demos starting at once do not
+    both mark it. Returns how many."""
+    with instance_lock():
+        orphans = [r.dagster_run for r in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED))
+                   if _orphaned(r.dagster_run)]
+        for run in orphans:
+            why = (f"its demo and run worker ({run.tags[PROCESSES_TAG]}: host, pids) ended without recording its "
+                   "end (killed, or DAGSTER_HOME was full); marked by the next demo")
+            if run.status == dg.DagsterRunStatus.CANCELING:
+                instance.report_run_canceled(run, message=why)  # non-public: tests/test_layers.py
+            else:
+                instance.report_run_failed(run, message=why)
+    return len(orphans)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the demo; `canceled`: how many of its runs ended CANCELED."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum, self.canceled = signum, 0
+
+
+def _interrupted(signum: int, frame) -> None:
+    """The demo's SIGINT and SIGTERM handler. Later signals are ignored: the cleanup is bounded."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace_s: float) -> None:
+    """SIGTERM every run worker (Dagster interrupts a running step; builder/process.py then stops its
+    compiler's process group, and a worker outside a run dies), SIGKILL after `grace_s`."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    workers = multiprocessing.active_children()  # the run workers: the demo starts no other process
+    for worker in workers:
+        worker.terminate()
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join(5)
+
+
+def _cancel_runs(instance: dg.DagsterInstance, tokens: list[str], pool: ProcessPoolExecutor | None,
+                 signum: int) -> int:
+    """The demo's unfinished runs are marked CANCELING, its workers stopped (Dagster ends a run that
+    is CANCELING as CANCELED), and a run still unfinished then (its worker killed, or it had not
+    started) is marked CANCELED. Returns how many of the runs are CANCELED."""
+    why = f"the demo was interrupted ({signal.Signals(signum).name})"
+    for run in _demo_runs(instance, tokens):
+        if not run.is_finished:
+            instance.report_run_canceling(run, message=why)  # non-public: tests/test_layers.py
+    if pool is not None:
+        _stop_workers(pool, TERM_GRACE_S + 10)
+    runs = _demo_runs(instance, tokens)
+    for run in runs:
+        if not run.is_finished:
+            instance.report_run_canceled(run, message=why)
+    return sum(not run.is_finished or run.status == dg.DagsterRunStatus.CANCELED for run in runs)
 
 
 def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: str | None = None,
@@ -277,7 +413,8 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
         token = uuid.uuid4().hex
         labels = {key: step_label(s) for key, s in _step_keys(defs, stale).items()}
         follower = RunFollower(instance, (DEMO_TAG, token), labels, progress).__enter__()
-        future = workers_now.submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale])
+        future = workers_now.submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale],
+                                    os.getpid())
         going[future] = (i, token, follower)
 
     try:
@@ -307,14 +444,21 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
                         launch(j)
                 follower.__exit__(None, None, None)
                 progress.run_done()
+    except Interrupted as stop:
+        stop.canceled = _cancel_runs(instance, [token for _, token, _ in going.values()], pool, stop.signum)
+        for _, _, follower in going.values():
+            follower.close(note="the run was canceled")
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return [(run.job, run.partition, outcomes[i]) for i, run in enumerate(runs)]
 
 
-def built_table(config: Settings, instance: dg.DagsterInstance) -> list[dict]:
-    """The latest materialization of every compiled partition, read back from the instance."""
+def built_table(config: Settings, instance: dg.DagsterInstance, steps: dict[str, str] | None = None) -> list[dict]:
+    """The latest materialization of every compiled partition, read back from the instance. A binary
+    whose step this demo ran and did not build (`steps`: step label -> progress status) is "failed",
+    even when an older build of it is stored."""
     rows = []
     for model in config.model_names:
         key = binary_key(model)
@@ -324,6 +468,10 @@ def built_table(config: Settings, instance: dg.DagsterInstance) -> list[dict]:
             records = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
             ).records
+            if (steps or {}).get(step_label(Step(key, model, partition))) in (FAILED, NOT_RUN):
+                rows.append({"model": model, "partition": partition, "status": "failed",
+                             "note": "an older build is kept" if records else ""})
+                continue
             if not records:
                 rows.append({"model": model, "partition": partition, "status": "missing"})
                 continue
@@ -347,7 +495,7 @@ def print_table(rows: list[dict], out=None) -> None:
           f"{'sha256':<12}  {'check':<9} note", file=out)
     for r in rows:
         if r["status"] != "built":
-            print(f"{r['model']:<10} {r['partition']:<22} {'missing'}", file=out)
+            print(f"{r['model']:<10} {r['partition']:<22} {r['status']} {r.get('note', '')}".rstrip(), file=out)
             continue
         print(f"{r['model']:<10} {r['partition']:<22} {r['backend']:<7} {r['size_mb']:>8.2f} "
               f"{r['compile_s']:>9.2f} {r['sha256']:<12}  {r['check']:<9} {r['note']}".rstrip(), file=out)
@@ -370,21 +518,24 @@ def dagster_output_to(log: Path):
         os.close(saved)
 
 
-def main() -> int:
-    config = load_settings()
-    started = time.monotonic()
-    with dg.DagsterInstance.get() as instance:
-        log = demo_log(config)
+def _demo(config: Settings, log: Path, started: float) -> int:
+    with open_instance() as instance:
         runs = plan_runs(config)
+        orphans = fail_orphaned_runs(instance)
+        if orphans:
+            print(f"{orphans} run(s) left unfinished by an earlier demo that is gone: marked failed", flush=True)
         print(f"materializing {sum(len(r.steps) for r in runs)} steps in {len(runs)} runs "
               f"(steps already up to date launch no run); Dagster's own log: {log}", flush=True)
         with dagster_output_to(log), progress_for(len(runs), sum(len(r.steps) for r in runs)) as progress:
             outcomes = materialize_matrix(config, instance, progress=progress)
-        rows = built_table(config, instance)
+        rows = built_table(config, instance, progress.statuses)
     print_table(rows)
     failed = [f"{n} {p or ''}".strip() for n, p, ok in outcomes if not ok]
-    shared = sum(bool(r.get("note")) for r in rows)
-    print(f"\n{sum(r['status'] == 'built' for r in rows)}/{len(rows)} compiled binaries"
+    built = [r for r in rows if r["status"] == "built"]
+    not_built = [f"{r['model']} {r['partition']}" for r in rows if r["status"] == "failed"]
+    shared = sum(bool(r.get("note")) for r in built)
+    print(f"\n{len(built)}/{len(rows)} compiled binaries built"
+          + (f", {len(not_built)} failed: {', '.join(not_built)}" if not_built else "")
           + (f" ({shared} shared with an identical CPU build)" if shared else "")
           + f" in {time.monotonic() - started:.1f}s; artifacts under {config.storage_root}; "
           "see them in the UI with `make ui`.")
@@ -392,6 +543,39 @@ def main() -> int:
         print(f"failed runs: {', '.join(failed)} (details in {log}, and in the UI)")
         return 1
     return 0
+
+
+def _log_traceback(log: Path) -> None:
+    """The full error, for whoever reads the log after the one-line message (best effort: the disk
+    may be the full one)."""
+    with contextlib.suppress(OSError):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(traceback.format_exc())
+
+
+def main() -> int:
+    """The demo; SIGINT and SIGTERM cancel its runs (exit 130, 143), an instance that cannot be
+    written ends it with one message (exit 1): no traceback on the terminal in either case."""
+    config = load_settings()
+    log = demo_log(config)
+    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _demo(config, log, time.monotonic())
+    except Interrupted as stop:
+        print(f"interrupted ({signal.Signals(stop.signum).name}): {stop.canceled} runs canceled; what was built "
+              "is kept; run `make demo` again to continue", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    except Exception as exc:
+        reason = storage_error(exc)
+        if reason is None:
+            raise
+        _log_traceback(log)
+        print(f"make demo: {storage_error_message(reason)}; the full error is in {log}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,12 @@ NON_PUBLIC = {
     ("AutomationContext", "get_empty_subset"): "documented in Dagster's custom-condition guide, not annotated",
     ("DagsterInstance", "event_log_storage"): "a pool's limit set by `dagster instance concurrency set` (demo.py)",
     ("DagsterInstance", "global_op_concurrency_default_limit"): "dagster.yaml's default pool limit (demo.py)",
-    ("DagsterInstance", "report_run_failed"): "marking a run whose worker process died as failed (demo.py)",
+    ("DagsterInstance", "report_run_failed"): "marking a run whose worker process died, or that a demo now gone left "
+                                              "unfinished, as failed (demo.py)",
+    ("DagsterInstance", "report_run_canceling"): "the demo interrupted (SIGINT/SIGTERM): its runs are CANCELING before "
+                                                 "their workers are stopped, so Dagster ends them CANCELED (demo.py)",
+    ("DagsterInstance", "report_run_canceled"): "a run of an interrupted demo whose worker was killed, or that had not "
+                                                "started, is marked CANCELED (demo.py)",
     ("DagsterInstance", "get_records_for_run"): "a running run's step events, for the demo's progress",
 }
 TESTED_DAGSTER = "1.13."

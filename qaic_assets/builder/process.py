@@ -129,7 +129,9 @@ _SIGTERM = int(signal.SIGTERM)
 _SIG_DFL = int(signal.SIG_DFL)
 
 
-def _make_preexec(parent_pid: int):
+def die_with_parent(parent_pid: int):
+    """The function a child runs first (between fork and exec, or as a run worker starts): SIGKILL
+    when `parent_pid` dies (PR_SET_PDEATHSIG, Linux), SIGTERM's default action back."""
     prctl, set_handler = _PRCTL, _SET_HANDLER
 
     def _preexec() -> None:  # runs in the child between fork and exec
@@ -298,7 +300,7 @@ def run_compiler(
             env=child_env,
             cwd=os.fspath(cwd) if cwd is not None else None,
             start_new_session=True,  # own session => own process group (pgid == pid)
-            preexec_fn=_make_preexec(os.getpid()),
+            preexec_fn=die_with_parent(os.getpid()),
             close_fds=True,
         )
     except OSError as exc:

@@ -26,12 +26,14 @@ def step_line(status: str, label: str, seconds: float | None = None, note: str =
 
 
 class PlainProgress:
-    """One line per step; no colour, no cursor movement."""
+    """One line per step; no colour, no cursor movement. `statuses`: each step's outcome (label ->
+    status), for the demo's footer."""
 
     def __init__(self, total_runs: int, total_steps: int, out: TextIO | None = None):
         self.out = out or sys.stdout
         self.total_runs, self.total_steps = total_runs, total_steps
         self.steps_done = 0
+        self.statuses: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __enter__(self):
@@ -52,6 +54,7 @@ class PlainProgress:
     def step_done(self, label: str, status: str, seconds: float | None = None, note: str = "") -> None:
         with self._lock:
             self.steps_done += 1
+            self.statuses[label] = status
             self._print(status, label, seconds, note)
 
     def _print(self, status: str, label: str, seconds: float | None, note: str) -> None:
@@ -117,6 +120,7 @@ class LiveProgress(PlainProgress):
 
         with self._lock:
             self.steps_done += 1
+            self.statuses[label] = status
             self.running.pop(label, None)
             line = Text(f"[{status}]", style=_STYLE.get(status, ""))
             line.append(step_line(status, label, seconds, note)[len(status) + 2:])
@@ -137,6 +141,8 @@ _EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.
 
 def _failure_note(event) -> str:
     data = event.event_specific_data
+    if getattr(getattr(data, "error", None), "cls_name", "") == "DagsterExecutionInterruptedError":
+        return "interrupted (its run is canceled)"  # the error's text is only its class's full name
     user = getattr(data, "user_failure_data", None)
     text = (getattr(user, "description", None) if user else None) or getattr(getattr(data, "error", None),
                                                                               "message", "") or ""
@@ -167,12 +173,16 @@ class RunFollower:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, note: str = "an upstream step or the run failed") -> None:
+        """Stops following; the steps that never ended are reported not run, with `note`."""
         self._stop.set()
         self._thread.join()
         self._poll()  # the events written after the last poll
         for step, label in self.labels.items():
             if step not in self.done:
-                self.progress.step_done(label, NOT_RUN, note="an upstream step or the run failed")
+                self.progress.step_done(label, NOT_RUN, note=note)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.POLL_S):

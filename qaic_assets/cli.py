@@ -1,4 +1,5 @@
-"""`qaic-assets`: plan (dry run of the exact commands), lineage, register."""
+"""`qaic-assets`: plan (dry run of the exact commands), lineage, status (binaries not current), register,
+import-command, canary (a candidate SDK)."""
 
 from __future__ import annotations
 
@@ -122,7 +123,9 @@ def _partition(config, model: str, key: str) -> BinaryPartition:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from qaic_assets.orchestration.currency import currency_line, latest_currency
     from qaic_assets.orchestration.instance import open_instance
+    from qaic_assets.orchestration.keys import binary_key
     from qaic_assets.orchestration.lineage import lineage
 
     config = load_settings(args.config)
@@ -131,6 +134,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     _dagster_home()
     with open_instance() as instance:
         chain = lineage(instance, args.model, args.partition)
+        current = latest_currency(instance, binary_key(args.model)).get(args.partition)
+    if chain["binary"] and current is not None:  # what the asset's Checks tab shows
+        chain["binary"]["sdk_current"] = currency_line(current)
     if args.json:
         print(json.dumps(chain, indent=2, default=str))
         return 0 if chain["binary"] else 1
@@ -145,6 +151,38 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         for key, value in info.items():
             print(f"  {key}: {' '.join(value) if isinstance(value, list) else value}")
     return 0 if chain["binary"] else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every built binary partition that is not current (orchestration/currency.py: its sdk_current
+    result, the same the UI shows), one line each; exit 1 when there is one."""
+    from qaic_assets.orchestration.currency import currency_line, latest_currency
+    from qaic_assets.orchestration.instance import open_instance
+    from qaic_assets.orchestration.keys import binary_key
+    from qaic_assets.orchestration.lineage import latest_by_partition
+
+    config = load_settings(args.config)
+    models = _choose("model", _csv(args.model, "--model"), config.model_names) if args.model else config.model_names
+    _dagster_home()
+    built, stale = 0, []
+    with open_instance() as instance:
+        for model in models:
+            key = binary_key(model)
+            partitions = [p.key for p in config.matrix_of(model).binary_partitions]
+            records = latest_by_partition(instance, key, partitions)
+            results = latest_currency(instance, key)
+            for partition in partitions:
+                if partition not in records:
+                    continue
+                built += 1
+                result = results.get(partition)
+                if result is None or not result.passed:
+                    stale.append(f"{model} {partition}: " + (currency_line(result) if result else
+                                                            "no sdk_current result yet (built before it existed)"))
+    for line in stale:
+        print(line)
+    print(f"{built - len(stale)} of {built} built binaries are current" + (f", {len(stale)} not" if stale else ""))
+    return 1 if stale else 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -196,6 +234,82 @@ def cmd_import_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _canary_table(rows: list[dict], title: str):
+    """The comparison as a rich table: current -> candidate per number, the change in percent."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def pair(row, name, fmt="{}"):
+        now, new = row.get(f"current_{name}"), row.get(f"candidate_{name}")
+        return " -> ".join("-" if v is None else fmt.format(v) for v in (now, new))
+
+    def pct(value):
+        return "" if value is None else f"{value:+.1f}%"
+
+    table = Table(title=title)
+    for name in ("partition", "status", "size bytes", "", "compile s", "", "peak RSS MB", "", "fits", "inf/s",
+                 "reason / note"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        kind = "profile" if r["kind"] == "calibration_profile" else "binary"
+        table.add_row(*(Text(str(cell)) for cell in (
+            f"{r['model']} {kind} {r['partition']}", r["status"], pair(r, "size_bytes"), pct(r["size_change_pct"]),
+            pair(r, "compile_s", "{:.2f}"), pct(r["compile_time_change_pct"]), pair(r, "peak_rss_mb"),
+            pct(r["peak_rss_change_pct"]), pair(r, "fits_target") if kind == "binary" else "",
+            pair(r, "inferences_per_s") if kind == "binary" else "", r.get("reason") or r.get("note") or "")))
+    return table
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    """Build every built partition with a candidate SDK into the build cache and compare (builder/canary.py)."""
+    import logging
+    import uuid
+
+    from rich.console import Console
+
+    from qaic_assets.builder import cache
+    from qaic_assets.builder.canary import built_partitions, run_canary, summary, write_report
+    from qaic_assets.builder.service import BuildError
+
+    config = load_settings(args.config)
+    log = logging.getLogger("qaic_assets.cli.canary")
+    log.addHandler(logging.StreamHandler(sys.stderr))
+    log.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    log.propagate = False
+    if args.clean:
+        removed, freed = cache.clean(config, log)
+        print(f"removed {removed} cache entries ({freed} bytes) from {cache.cache_root(config)}")
+        return 0
+    if not args.sdk:
+        raise UsageError("name the candidate SDK's root: --sdk PATH (or --clean to remove the canary's cache entries)")
+    models = _choose("model", _csv(args.model, "--model"), config.model_names) if args.model else None
+    targets = built_partitions(config, models)
+    if not targets:
+        print(f"nothing is built under {config.storage_root} yet: nothing to compare")
+        return 0
+    run_id = f"cli-{uuid.uuid4()}"
+    try:
+        rows = run_canary(config, args.sdk, targets, run_id=run_id, log=log, force=args.force)
+        report = write_report(config, args.sdk, rows, run_id=run_id)
+    except BuildError as exc:
+        raise CommandError(str(exc)) from exc
+    sdks = json.loads(report.read_text())
+    Console(soft_wrap=False).print(_canary_table(rows, "SDK canary: Apps SDK {} ({}) -> Apps SDK {} ({})".format(
+        sdks["current"]["apps_sdk_version"], sdks["current"]["sdk_root"], sdks["candidate"]["apps_sdk_version"],
+        sdks["candidate"]["sdk_root"])))
+    failed = [r for r in rows if not r["succeeded"]]
+    for r in failed:
+        print(f"failed: {r['model']}/{r['kind']} {r['partition']}: {r['reason']}")
+    totals = summary(rows)
+    entries, size = cache.usage(config)
+    print(f"{len(failed)} of {len(rows)} candidate builds failed" if failed else f"all {len(rows)} candidate "
+          f"builds succeeded ({totals['binaries_changed']} binaries differ from the served ones)")
+    print(f"report: {report}")
+    print(f"promote: set sdk_root to {os.path.abspath(args.sdk)} (exactly this path); the recompiles then copy "
+          f"these builds. Not promoting: qaic-assets canary --clean ({entries} cache entries, {size} bytes)")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qaic-assets", description=__doc__)
     parser.add_argument("--config", help="config YAML (default: $QAIC_ASSETS_CONFIG or the packaged default)")
@@ -231,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace --output if it exists")
     imp.add_argument("command_line", nargs=argparse.REMAINDER, help="-- <qaic-exec|qaic-compile> <args...>")
     imp.set_defaults(func=cmd_import_command)
+
+    status = sub.add_parser("status", help="the built binaries that are not current (built with another SDK, "
+                            "or their recompile failed): what their sdk_current check says")
+    status.add_argument("--model", help="only these models, comma-separated (default: all)")
+    status.set_defaults(func=cmd_status)
+
+    can = sub.add_parser("canary", help="build every built partition with a candidate SDK and compare (nothing "
+                         "served changes; promoting it then recompiles nothing)")
+    can.add_argument("--sdk", help="the candidate SDK's root, as sdk_root will name it once promoted")
+    can.add_argument("--model", help="only these models, comma-separated (default: all)")
+    can.add_argument("--force", action="store_true", help="build again where the cache has the candidate's build")
+    can.add_argument("--clean", action="store_true", help="remove the canary's cache entries instead")
+    can.add_argument("--verbose", action="store_true", help="log each build and tool call to stderr")
+    can.set_defaults(func=cmd_canary)
     return parser
 
 

@@ -17,11 +17,12 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "qaic_assets"
 
 #: Lower number = lower layer. A module may import its own package and any lower layer.
-LAYERS = {"files": 0, "hashing": 0, "keys": 0, "qaic": 1, "models": 1, "cpu_compiler": 2, "settings": 2, "builder": 3,
-          "orchestration": 4, "definitions": 5, "cli": 6, "demo": 6}
-#: (importer, imported) of one layer: within layer 0, the hashes read files through `files`
-SAME_LAYER = {("hashing", "files")}
-DAGSTER_FREE = ("files", "hashing", "keys", "qaic", "models", "cpu_compiler", "settings", "builder")
+LAYERS = {"files": 0, "hashing": 0, "keys": 0, "qaic": 1, "models": 1, "standin_sdk": 1, "cpu_compiler": 2,
+          "settings": 2, "builder": 3, "orchestration": 4, "definitions": 5, "cli": 6, "demo": 6, "demo_upgrade": 6}
+#: (importer, imported) of one layer: within layer 0, the hashes read files through `files`; the
+#: upgrade demo runs on the demo's machinery
+SAME_LAYER = {("hashing", "files"), ("demo_upgrade", "demo")}
+DAGSTER_FREE = ("files", "hashing", "keys", "qaic", "models", "standin_sdk", "cpu_compiler", "settings", "builder")
 
 
 def _layer(module: str) -> str:
@@ -99,7 +100,8 @@ NON_PUBLIC = {
     ("AutomationContext", "asset_graph_view"): "a custom condition's only way to the instance (orchestration/automation.py)",
     ("AutomationContext", "candidate_subset"): "documented in Dagster's custom-condition guide, not annotated",
     ("AutomationContext", "get_empty_subset"): "documented in Dagster's custom-condition guide, not annotated",
-    ("DagsterInstance", "event_log_storage"): "a pool's limit set by `dagster instance concurrency set` (demo.py)",
+    ("DagsterInstance", "event_log_storage"): "a pool's limit set by `dagster instance concurrency set` (demo.py); "
+                                              "the latest sdk_current result of a partition (demo_upgrade.py)",
     ("DagsterInstance", "global_op_concurrency_default_limit"): "dagster.yaml's default pool limit (demo.py)",
     ("DagsterInstance", "report_run_failed"): "marking a run whose worker process died, or that a demo now gone left "
                                               "unfinished, as failed (demo.py)",
@@ -108,6 +110,8 @@ NON_PUBLIC = {
     ("DagsterInstance", "report_run_canceled"): "a run of an interrupted demo whose worker was killed, or that had not "
                                                 "started, is marked CANCELED (demo.py)",
     ("DagsterInstance", "get_records_for_run"): "a running run's step events, for the demo's progress",
+    ("DagsterInstance", "add_run_tags"): "tagging a run the stock automation sensor launched with the SDK change "
+                                         "it follows (its run tags are fixed at definition) (orchestration/automation.py)",
 }
 TESTED_DAGSTER = "1.13."
 

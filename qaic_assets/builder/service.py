@@ -4,8 +4,11 @@ manifest; the Dagster layer only turns it into metadata and a data version.
 
 A build runs the planned command in a temporary directory renamed into place on success, under the
 output's lock, unless the cache already holds an output with the same key (argv, compiler version,
-input sha256s). The compiler version is read again once the lock is held (an SDK root switched while
-the build waited is the one that runs and is recorded) and checked after the compiler exited.
+input sha256s): the output directory's own manifest, or an entry of the content-addressed cache that
+the SDK canary filled (builder/cache.py; `canary=` builds into it, never into the served directory,
+which is how promoting a candidate SDK costs no compile). The compiler version is read again once the
+lock is held (an SDK root switched while the build waited is the one that runs and is recorded) and
+checked after the compiler exited.
 What the compiler writes beside its directory is removed, or named when it cannot be. Every failure is a :class:`BuildError` whose message names the thing and the fix.
 """
 
@@ -26,7 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 from qaic_assets import files
-from qaic_assets.builder import harness
+from qaic_assets.builder import cache, harness
+from qaic_assets.builder.cache import CanaryBuild
 from qaic_assets.builder.manifest import cache_key, cached_manifest, read_manifest, write_manifest
 from qaic_assets.builder.outputs import (
     OutputLocked,
@@ -322,14 +326,22 @@ def _strays(tmp: Path, before: set[str], command: Command, log: logging.Logger) 
 def run_build(config: Settings, compiler: Backend, command: Command, inputs: dict, who: Identity, *,
               force: bool = False, log: logging.Logger = _LOG, prepare: Callable[[Path], dict] | None = None,
               after_run: Callable[[Path], None] | None = None,
-              siblings: dict[str, Path] | None = None) -> tuple[dict, bool]:
-    """Run `command` in a temporary dir renamed into place, unless the cache already holds its output.
+              siblings: dict[str, Path] | None = None, canary: CanaryBuild | None = None,
+              run_argv: list[str] | None = None) -> tuple[dict, bool]:
+    """Run `command` in a temporary dir renamed into place, unless the cache already holds its output:
+    the output dir's own manifest, else an entry of the content-addressed cache (builder/cache.py, filled
+    by the SDK canary), copied in and recorded `cached_from` the canary run that built it.
     `prepare(tmp)` makes the command's inputs there and returns the manifest's `extra`; `after_run(tmp)`,
     after a successful compiler call, removes what served that run only and may add to `extra`.
     With `siblings` (partition -> output dir; CPU compiles), a sibling built with the same applied
     command is shared instead of compiling again (builder/reuse.py). The SDK versions of the cache
     key and the manifest are read once the lock is held (`ran_sdk`) and checked after the compiler
-    exited (`sdk_change`). Returns (manifest, cached)."""
+    exited (`sdk_change`). `canary`: build into the cache instead (_build_into_cache); `run_argv`: the
+    argv to run when it differs from the keyed `command.argv` (the canary's profile path).
+    Returns (manifest, cached)."""
+    if canary is not None:
+        return _build_into_cache(config, compiler, command, inputs, who, canary, force=force, log=log,
+                                 prepare=prepare, after_run=after_run, run_argv=run_argv)
     # one writer per output dir at a time (a second run of the same partition waits, then may hit the
     # cache); storage errors (read-only, disk full) name the dir and the fix
     with storage_errors(config), _lock(config, command.cwd, log):
@@ -347,51 +359,118 @@ def run_build(config: Settings, compiler: Backend, command: Command, inputs: dic
             return manifest, True
         same = find_same_build(siblings, shared_key, command.output) if shared_key and not force else None
         with atomic_output_dir(command.cwd, [command.output]) as tmp:
-            strays = {}
-            if same and copy_build(Path(same[1]["cwd"]), tmp, command.output, same[1]["output"]["sha256"], log):
-                log.info(f"same build as {same[0]}: the CPU compiler applies the same command; copied "
-                         f"{same[1]['output']['path']}")
-                # the build it shares: its duration and peak RSS are what these bytes cost (no plot of
-                # shared builds shows a zero that was never measured)
-                result = RunResult(command.argv, 0, float(same[1]["duration_s"]), int(same[1]["peak_rss_bytes"]),
-                                   [f"same build as {same[0]} (no compiler call; duration and peak RSS are its)"])
-                extra = same[1].get("extra", {})
+            hit = None if force else cache.fetch(config, key, command.output, tmp, log)
+            if hit is not None:
+                manifest = _from_cache(hit, who, command, inputs, key)
+                manifest["output"]["stat"] = stat_key(tmp / command.output)
+                log.info(f"cache hit: {cache.entry_dir(config, key)} (built by run {hit['run_id']}"
+                         + (f", the SDK canary for {hit['canary']['candidate_root']}" if hit.get("canary") else "")
+                         + f"), copied to {command.cwd}")
             else:
-                same = None
-                try:
-                    extra = prepare(tmp) if prepare else {}
-                except ValueError as exc:
-                    raise BuildError(str(exc)) from exc
-                around = neighbours(tmp)
-                try:
-                    result = _run(command, tmp, config, log)
-                except BuildError as exc:
-                    _strays(tmp, around, command, log)
-                    if changed := sdk_change(compiler):
-                        raise BuildError(f"{changed}\n{exc}", exc.details) from exc
-                    raise
-                strays = _strays(tmp, around, command, log)
-                if changed := sdk_change(compiler):
-                    raise BuildError(changed, {"command": shlex.join(command.argv), "log_tail": result.log_tail,
-                                               "duration_s": round(result.duration_s, 3)})
-            output = _output(tmp, command)
-            if after_run and not same:
-                after_run(tmp)
-            manifest = _manifest(who, compiler, command, output, inputs, extra, key, result,
-                                 sha256=same[1]["output"]["sha256"] if same else None)
-            if shared_key:
-                manifest["applied_key"] = shared_key
-            if same:
-                manifest["same_build_as"] = same[0]
-            if strays:
-                manifest["strays"] = strays
+                manifest = _compile_in(tmp, config, compiler, command, inputs, who, key, log=log, prepare=prepare,
+                                       after_run=after_run, same=same, run_argv=run_argv)
+                if shared_key:
+                    manifest["applied_key"] = shared_key
             write_manifest(tmp, manifest)
-        # the stat key was taken in the temp dir: renaming the directory keeps the file's ctime on
-        # Linux file systems; should one differ, the record follows the published file
-        if (published := stat_key(command.cwd / command.output)) != manifest["output"]["stat"]:
-            manifest["output"]["stat"] = published
-            write_manifest(command.cwd, manifest)
+        _restat(command.cwd, command.output, manifest)
+    return manifest, hit is not None
+
+
+def _build_into_cache(config: Settings, compiler: Backend, command: Command, inputs: dict, who: Identity,
+                      canary: CanaryBuild, *, force: bool, log: logging.Logger, prepare, after_run,
+                      run_argv: list[str] | None) -> tuple[dict, bool]:
+    """The canary's build: keyed exactly as `run_build` keys `command` (so a promotion finds it), written
+    into the cache entry of that key under the entry's lock; the served dir `command.cwd` is only read.
+    Returns (the served manifest, True) when the served output already has this key (the candidate
+    builds the same thing), (the entry's manifest, True) when a valid entry exists, else compiles."""
+    with storage_errors(config):
+        compiler = ran_sdk(compiler)
+        key = cache_key(command.argv, (compiler.name, compiler.version), inputs)
+        if not force and (served := cached_manifest(command.cwd, command.output, key)):
+            log.info(f"{command.cwd / command.output} already is what {compiler.compiler} {compiler.version} builds "
+                     "(same cache key): nothing to build")
+            return served, True
+        entry = cache.entry_dir(config, key)
+        with _lock(config, entry, log):
+            clean_stale_temps(entry.parent, entry.name)
+            if not force and (manifest := cached_manifest(entry, command.output, key)):
+                log.info(f"cache entry {entry} exists (built by run {manifest['run_id']})")
+                return manifest, True
+            where = dataclasses.replace(command, cwd=entry)
+            with atomic_output_dir(entry, [command.output]) as tmp:
+                manifest = _compile_in(tmp, config, compiler, where, inputs, who, key, log=log, prepare=prepare,
+                                       after_run=after_run, same=None, run_argv=run_argv)
+                manifest |= {"canary": canary.record(), "for_cwd": str(command.cwd)}
+                write_manifest(tmp, manifest)
+            _restat(entry, command.output, manifest)
     return manifest, False
+
+
+def _compile_in(tmp: Path, config: Settings, compiler: Backend, command: Command, inputs: dict, who: Identity,
+                key: str, *, log: logging.Logger, prepare, after_run, same: tuple[str, dict] | None,
+                run_argv: list[str] | None) -> dict:
+    """Make the output in `tmp` (a sibling's copy when `same`, else a compiler call) and return its manifest."""
+    strays = {}
+    ran = dataclasses.replace(command, argv=run_argv) if run_argv and run_argv != command.argv else command
+    if same and copy_build(Path(same[1]["cwd"]), tmp, command.output, same[1]["output"]["sha256"], log):
+        log.info(f"same build as {same[0]}: the CPU compiler applies the same command; copied "
+                 f"{same[1]['output']['path']}")
+        # the build it shares: its duration and peak RSS are what these bytes cost (no plot of
+        # shared builds shows a zero that was never measured)
+        result = RunResult(command.argv, 0, float(same[1]["duration_s"]), int(same[1]["peak_rss_bytes"]),
+                           [f"same build as {same[0]} (no compiler call; duration and peak RSS are its)"])
+        extra = same[1].get("extra", {})
+    else:
+        same = None
+        try:
+            extra = prepare(tmp) if prepare else {}
+        except ValueError as exc:
+            raise BuildError(str(exc)) from exc
+        around = neighbours(tmp)
+        try:
+            result = _run(ran, tmp, config, log)
+        except BuildError as exc:
+            _strays(tmp, around, command, log)
+            if changed := sdk_change(compiler):
+                raise BuildError(f"{changed}\n{exc}", exc.details) from exc
+            raise
+        strays = _strays(tmp, around, command, log)
+        if changed := sdk_change(compiler):
+            raise BuildError(changed, {"command": shlex.join(ran.argv), "log_tail": result.log_tail,
+                                       "duration_s": round(result.duration_s, 3)})
+    output = _output(tmp, command)
+    if after_run and not same:
+        after_run(tmp)
+    manifest = _manifest(who, compiler, command, output, inputs, extra, key, result,
+                         sha256=same[1]["output"]["sha256"] if same else None)
+    if ran is not command:  # the keyed argv is the one a promotion runs; this one ran (another profile path)
+        manifest["ran_argv"] = ran.argv
+    if same:
+        manifest["same_build_as"] = same[0]
+    if strays:
+        manifest["strays"] = strays
+    return manifest
+
+
+def _from_cache(hit: dict, who: Identity, command: Command, inputs: dict, key: str) -> dict:
+    """The manifest of a cache entry copied into `command.cwd`: the entry's record of the build (run,
+    compiler, duration, peak RSS, log tail), placed in this partition, with where it came from."""
+    manifest = {k: v for k, v in hit.items() if k not in ("canary", "for_cwd")}
+    manifest |= {"kind": who.kind, "model": who.model, "partition": who.partition, "cache_key": key,
+                 "cwd": str(command.cwd), "input_stats": input_stats(inputs),
+                 "output": {**hit["output"], "path": str(command.cwd / command.output)},
+                 "log": {**hit.get("log", {}), "path": str(command.cwd / COMPILER_LOG)},
+                 "cached_from": {"run_id": hit["run_id"], "canary": hit.get("canary"),
+                                 "copied_by_run": who.run_id}}
+    return manifest
+
+
+def _restat(directory: Path, output: str, manifest: dict) -> None:
+    """The stat key was taken in the temp dir: renaming the directory keeps the file's ctime on Linux
+    file systems; should one differ, the record follows the published file."""
+    if (published := stat_key(directory / output)) != manifest["output"].get("stat"):
+        manifest["output"]["stat"] = published
+        write_manifest(directory, manifest)
 
 
 def register_binary(config: Settings, model: str, partition: BinaryPartition, source_dir: Path, *,
@@ -446,8 +525,9 @@ def _manifest(who: Identity, compiler: Backend, command: Command, output: Path, 
 
 
 def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str = "direct",
-                      force: bool = False, log: logging.Logger = _LOG) -> Built:
-    """Calibrate one batch partition: batch the calibration set, run -dump-profile, keep the profile."""
+                      force: bool = False, log: logging.Logger = _LOG, canary: CanaryBuild | None = None) -> Built:
+    """Calibrate one batch partition: batch the calibration set, run -dump-profile, keep the profile.
+    `canary`: into the content-addressed cache instead (run_build), for the SDK canary."""
     cfg = config.model(model)
     compiler = backend(config, calibrate=True)
     command = calibrate_command(config, compiler, model, batch)
@@ -478,7 +558,7 @@ def calibrate_profile(config: Settings, model: str, batch: int, *, run_id: str =
 
     who = Identity("calibration_profile", model, batch_key(batch), run_id)
     manifest, cached = run_build(config, compiler, command, inputs, who, force=force, log=log,
-                                 prepare=prepare, after_run=after_run)
+                                 prepare=prepare, after_run=after_run, canary=canary)
     return Built(manifest, cached, command, src, inputs)
 
 
@@ -539,9 +619,12 @@ def _calibration_set(config: Settings, model: str, batch: int, src: SourceModel,
 
 
 def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, run_id: str = "direct",
-                   force: bool = False, log: logging.Logger = _LOG) -> Built:
-    """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized)."""
-    batch, scenario, nsp = partition.batch, partition.scenario, partition.nsp
+                   force: bool = False, log: logging.Logger = _LOG, canary: CanaryBuild | None = None) -> Built:
+    """Compile one batch x scenario-nsp partition (loading its batch's profile when quantized).
+    `canary`: into the content-addressed cache instead, loading the candidate's profile of the batch
+    (`canary.profiles`) while keyed with the argv a promotion runs (-load-profile of the served path,
+    which then holds those same bytes; the compiler reads a profile's bytes, not its path)."""
+    batch = partition.batch
     cfg = config.model(model)
     compiler = backend(config)
     percentile = None
@@ -586,9 +669,9 @@ def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, 
             calibration.remove(tmp)
         extra.update(profile_use(tmp, command))
 
-    def build() -> tuple[dict, bool]:
+    def build(run_argv: list[str] | None = None) -> tuple[dict, bool]:
         return run_build(config, compiler, command, inputs, who, force=force, log=log, siblings=siblings,
-                         prepare=prepare, after_run=after_run)
+                         prepare=prepare, after_run=after_run, canary=canary, run_argv=run_argv)
 
     if not cfg.quantize or cfg.one_step:
         manifest, cached = build()
@@ -601,12 +684,21 @@ def compile_binary(config: Settings, model: str, partition: BinaryPartition, *, 
     # a reader's lock on the profile: a recalibration of this batch waits until the compiler is done,
     # so the sha256 recorded is that of the bytes the compiler loads
     profile_dir = calibration_dir(config, model, batch)
-    profile = profile_dir / PROFILE_FILE
-    require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
+    served = profile = profile_dir / PROFILE_FILE
+    fix = f"materialize {model}/calibration_profile bs{batch} first"
+    if canary is not None:  # the candidate's profile: a cache entry (or the served one, when the same)
+        if batch not in canary.profiles:
+            raise BuildError(f"the candidate SDK's calibration profile of {model} bs{batch} was not built, so "
+                             "this binary cannot be compiled with it (see that profile's row)")
+        profile_dir = canary.profiles[batch]
+        profile, fix = profile_dir / PROFILE_FILE, "run the canary again"
+    require(profile, "calibration profile", fix)
     with storage_errors(config), _lock(config, profile_dir, log, shared=True):
-        require(profile, "calibration profile", f"materialize {model}/calibration_profile bs{batch} first")
-        inputs["profile"] = {"path": str(profile), "sha256": sha256_file(profile)}
-        manifest, cached = build()
+        require(profile, "calibration profile", fix)
+        inputs["profile"] = {"path": str(served), "sha256": sha256_file(profile)}
+        manifest, cached = build(None if profile == served else
+                                 [f"-load-profile={profile}" if a == f"-load-profile={served}" else a
+                                  for a in command.argv])
     return Built(manifest, cached, command, src, inputs, previous=previous)
 
 

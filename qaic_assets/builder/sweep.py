@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 
 from qaic_assets.builder import service
 from qaic_assets.builder.accuracy import evaluate, heldout_files

@@ -50,6 +50,10 @@ def build_definitions(config: Settings, resources: dict | None = None) -> dg.Def
     assets = [sdk_asset(config.backend)]
     for model in config.model_names:
         assets += model_assets(config, model, automation_condition=automation.condition)
+    if config.backend != "cpu":  # the SDK canary compares SDKs: none to compare on the CPU compiler
+        from qaic_assets.orchestration.canary import canary_asset
+
+        assets.append(canary_asset(config))
     with our_beta_apis():
         defs = dg.Definitions(assets=dg.with_source_code_references(assets),  # the UI's link to the code
                               jobs=[observe, *build_jobs(config)], sensors=automation.sensors,

@@ -1,10 +1,11 @@
-"""Automation: recompile on SDK upgrade or recipe change, observe the SDK on a cron, nightly sweep.
+"""Automation: recompile on SDK upgrade or recipe change, observe the SDK, nightly sweep.
 
 * `qaic_sdk` (its data version is the compiler version, orchestration/toolchain.py) is observed
   without a run by the sensor `observe_qaic_sdk_sensor` (every minute, in the code server) where the
   code server can read the compiler (toolchain.observes_here): it records an observation only when
   something changed (backend, status, Apps or Platform version), in plain words (`sdk_change`), and
-  then reports `sdk_current` for every built binary (orchestration/currency.py). Where the SDK is on
+  when the observed compiler changed it requests one run of `report_sdk_current` (`sdk_current` of
+  every built binary, orchestration/currency.py). Where the SDK is on
   the compile hosts only (docs/DEPLOY.md), the schedule `observe_qaic_sdk_schedule` (cron
   `sdk_observe_cron`, default every 15 minutes) launches the observation run on a compile host; where
   the sensor observes, the schedule's ticks skip, saying why. Both run by default.
@@ -106,6 +107,25 @@ def recompile_condition(config: Settings) -> dg.AutomationCondition:
     return (due & ready & ~waits_for_profile).with_label(CONDITION_LABEL)
 
 
+#: the run tag that says, in plain words, which SDK change a recompile run follows
+SDK_CHANGE_TAG = AUTOMATION_TAG + "/sdk_change"
+
+
+def tag_automation_run(context: dg.AssetExecutionContext) -> None:
+    """A run the automation requested carries the SDK change it follows, in plain words (the latest
+    observation's `sdk_change`: "Apps SDK 1.18.2.0.5 -> 1.18.2.0.6; Platform SDK ... (unchanged)"), so
+    the runs list says why it ran. The stock sensor's run tags are fixed when it is defined, hence the
+    tag is added by the run's first build step (no public API adds a tag to a running run)."""
+    tags = context.run.tags
+    if AUTOMATION_TAG not in tags or SDK_CHANGE_TAG in tags:
+        return
+    found = last_found_observation(context.instance)
+    change = getattr(found.metadata.get("sdk_change"), "value", None) if found else None
+    if change and " -> " in change:  # a change, not "no change" or a first observation
+        # non-public: DagsterInstance.add_run_tags (tests/test_layers.py NON_PUBLIC)
+        context.instance.add_run_tags(context.run.run_id, {SDK_CHANGE_TAG: change})
+
+
 @dataclass(frozen=True)
 class Automation:
     condition: dg.AutomationCondition
@@ -133,11 +153,12 @@ def build_automation(config: Settings, observe_job) -> Automation:
 
 
 def observe_sensor(config: Settings) -> dg.SensorDefinition:
-    """Observes `qaic_sdk` in the code server, recording an event only on a change, and reports
-    `sdk_current` of every built binary when the observed compiler changed (cursor: the last one)."""
-    from qaic_assets.orchestration.currency import currency_evaluations, observed
+    """Observes `qaic_sdk` in the code server, recording an event only on a change, and requests the
+    `sdk_current` report of every built binary (orchestration/currency.py) once per observed compiler
+    (cursor and run key: the compiler last reported)."""
+    from qaic_assets.orchestration.currency import currency_job, observed
 
-    @dg.sensor(name=OBSERVE_SENSOR_NAME, minimum_interval_seconds=OBSERVE_INTERVAL_S,
+    @dg.sensor(name=OBSERVE_SENSOR_NAME, job=currency_job(config), minimum_interval_seconds=OBSERVE_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Observes qaic_sdk without a run when this host can read the compiler (an event "
                "only when it changed), and marks each built binary current or not (check sdk_current)")
@@ -150,12 +171,11 @@ def observe_sensor(config: Settings) -> dg.SensorDefinition:
         found = [e for e in events if getattr(e.metadata.get("status"), "value", None) == SDK_FOUND]
         now = observed(found[0] if found else last_found_observation(instance))
         cursor = "|".join(str(v) for v in now)
-        if now[1] is not None and cursor != context.cursor:
-            events += currency_evaluations(config, instance, now)
-        if not events:
+        report = [dg.RunRequest(run_key=f"sdk_current {cursor}")] if now[1] is not None and cursor != context.cursor else []
+        if not events and not report:
             return dg.SkipReason("no change" if here else f"{toolchain.sdk_root} is not on this host: "
                                  f"{OBSERVE_SCHEDULE_NAME} observes qaic_sdk on a compile host")
-        return dg.SensorResult(asset_events=events, cursor=cursor)
+        return dg.SensorResult(asset_events=events, run_requests=report, cursor=cursor)
 
     return observe_qaic_sdk_sensor
 

@@ -12,6 +12,7 @@ from qaic_assets.orchestration.partitions import batch_partitions
 from qaic_assets.orchestration.metadata import build_metadata, labels, stored_path
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.orchestration.toolchain import record_first_observation
+from qaic_assets.orchestration.automation import tag_automation_run
 from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
 from qaic_assets.keys import parse_batch_key
 from qaic_assets.settings import Settings
@@ -35,6 +36,7 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
     def calibration_profile(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
                             artifact_store: ArtifactStore) -> dg.MaterializeResult:
         settings = effective_settings(project, toolchain, artifact_store)
+        tag_automation_run(context)
         with as_failure():
             built = service.calibrate_profile(settings, model, parse_batch_key(context.partition_key),
                                               run_id=context.run.run_id, force=config.force, log=context.log)

@@ -22,6 +22,7 @@ from qaic_assets.orchestration.keys import (
 from qaic_assets.orchestration.metadata import build_metadata, labels, lineage_block, relative, stored_path
 from qaic_assets.orchestration.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
+from qaic_assets.orchestration.automation import tag_automation_run
 from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
 from qaic_assets.orchestration.currency import current_verdict, report_failed_recompile
 from qaic_assets.orchestration.sdk_checks import FITS_TARGET, THROUGHPUT, run_sdk_checks, sdk_check_specs, skipped
@@ -93,6 +94,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
     def compiled_binary(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
                         artifact_store: ArtifactStore) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         settings = effective_settings(project, toolchain, artifact_store)
+        tag_automation_run(context)
         with as_failure():
             try:
                 target = binary_partition(context.partition_key)

@@ -5,9 +5,12 @@ After an SDK upgrade the catalog must not show the old binaries as current: ever
 
 - the compile step reports it with the build: passed when the binary was built with the compiler of
   the latest `qaic_sdk` observation;
-- when a new SDK version is observed, `observe_qaic_sdk_sensor` (orchestration/automation.py) reports
-  it failed (WARN) for every built partition: "built with Apps SDK 1.18.2.0.5, current Apps SDK
-  1.18.2.0.6: recompile pending"; the automation's recompile then reports it passed;
+- when a new SDK version is observed, `observe_qaic_sdk_sensor` (orchestration/automation.py) requests
+  one run of the job `report_sdk_current`, which reports it for every built partition: failed (WARN)
+  "built with Apps SDK 1.18.2.0.5, current Apps SDK 1.18.2.0.6: recompile pending" where it is not
+  current; the automation's recompile then reports it passed. (A run, not the sensor's own events:
+  Dagster 1.13's SQLite storage refuses a second run-less result of one check on one partition, a
+  unique key of (check, run, partition) with no run.)
 - a recompile that fails reports it failed (ERROR) with the run and the message: "recompile for Apps
   SDK 1.18.2.0.6 failed in run X: <message>; serving the binary built with Apps SDK 1.18.2.0.5".
 
@@ -107,3 +110,44 @@ def report_failed_recompile(context: dg.AssetExecutionContext, key: dg.AssetKey,
         asset_key=key, check_name=SDK_CURRENT, partition=partition,
         **verdict(built, now if now[1] is not None else built, failed_run=context.run.run_id,
                   message=message.splitlines()[0].rstrip(".") if message else message)))
+
+
+CURRENCY_JOB = "report_sdk_current"
+
+
+def currency_job(config: Settings) -> dg.JobDefinition:
+    """The run the observation sensor requests when the observed compiler changed: `sdk_current` of
+    every built binary partition against the latest observation that found the compiler."""
+
+    @dg.op(name="sdk_current_report", description="sdk_current of every built binary against the observed SDK")
+    def report_sdk_current(context) -> None:  # (an OpExecutionContext)
+        now = observed(last_found_observation(context.instance))
+        if now[1] is None:
+            return
+        for evaluation in currency_evaluations(config, context.instance, now):
+            context.log_event(evaluation)
+
+    @dg.job(name=CURRENCY_JOB, description="Marks each built binary current or not after an SDK observation "
+            "(requested by observe_qaic_sdk_sensor)")
+    def report_sdk_current_job():
+        report_sdk_current()
+
+    return report_sdk_current_job
+
+
+def latest_currency(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, dg.AssetCheckEvaluation]:
+    """partition -> the latest `sdk_current` result of that binary partition: what the asset's Checks
+    tab shows, and what `qaic-assets status` and `lineage` print."""
+    # non-public: no public API reads check results (tests/test_layers.py NON_PUBLIC: event_log_storage)
+    history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(key, SDK_CURRENT),
+                                                                           limit=10_000)
+    latest: dict[str, dg.AssetCheckEvaluation] = {}
+    for record in history:  # newest first
+        if record.partition and record.event is not None and record.event.dagster_event is not None:
+            latest.setdefault(record.partition, record.event.dagster_event.event_specific_data)
+    return latest
+
+
+def currency_line(result: dg.AssetCheckEvaluation) -> str:
+    """One line for a terminal: "current: built with ..." or "NOT CURRENT: <what the check says>"."""
+    return ("current: " if result.passed else "NOT CURRENT: ") + (result.description or "")

@@ -1,6 +1,7 @@
-"""The project's jobs: observe the SDK, fetch the sources, and per group of models sharing a matrix one
-calibration job and one compile job (a Dagster job runs one partition of assets that share a
-partitions definition, so a model with its own matrix gets jobs of its own)."""
+"""The project's jobs: observe the SDK, fetch the sources, the SDK canary (`canary`, not on the CPU
+backend), and per group of models sharing a matrix one calibration job and one compile job (a Dagster
+job runs one partition of assets that share a partitions definition, so a model with its own matrix
+gets jobs of its own)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,15 @@ def build_jobs(config: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
             if config.model(model).sweeps_percentile:  # same batch partitions: runs after the profile
                 selections[calib_job].append(choice_key(model))
         selections[compile_job].append(binary_key(model))
+    canary = []
+    if config.backend != "cpu":  # the SDK canary (orchestration/canary.py): a candidate SDK's root as config
+        from qaic_assets.orchestration.canary import canary_job
+
+        canary = [canary_job()]
     return [
         dg.define_asset_job(SOURCES_JOB, selection=[source_key(m) for m in config.model_names],
                             description="Fetch, verify and describe every source model."),
-    ] + [dg.define_asset_job(name, selection=keys) for name, keys in selections.items()]
+    ] + [dg.define_asset_job(name, selection=keys) for name, keys in selections.items()] + canary
 
 
 def partition_run_tags(partition: str | None) -> dict[str, str]:

@@ -62,7 +62,7 @@ def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:
         rec = binaries[0]
         chain["binary"] = {
             **_values(rec, "path", "sha256", "size_bytes", "backend", "sdk_version", "argv",
-                      "duration_s", "cached", "built_by_run", "registered_from", "previous_sdk_version",
+                      "duration_s", "cached", "built_by_run", "same_build_as", "registered_from", "previous_sdk_version",
                       "previous_size_bytes", "previous_duration_s", "size_change_pct",
                       "duration_change_pct"),
             "run_id": rec.run_id or "(registered, no run)",

@@ -12,8 +12,9 @@ import pytest
 
 from fake_sdk import set_fake_sdk_version
 from helpers import latest
-from qaic_assets.orchestration.automation import OBSERVE_SCHEDULE_NAME, OBSERVE_SENSOR_NAME
-from qaic_assets.orchestration.keys import SDK_CURRENT, SDK_KEY, binary_key, profile_key, source_key
+from qaic_assets.orchestration.automation import OBSERVE_SCHEDULE_NAME, OBSERVE_SENSOR_NAME, SDK_CHANGE_TAG
+from qaic_assets.orchestration.currency import CURRENCY_JOB
+from qaic_assets.orchestration.keys import AUTOMATION_TAG, SDK_CURRENT, SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.orchestration.resources import Toolchain
 
 BUILT = ["bs1|offline-nsp14", "bs2|offline-nsp14"]
@@ -24,9 +25,11 @@ class SensorTicks:
         self.project, self.cursor = project, None
         config = project.config
         self.toolchain = toolchain or Toolchain(backend=config.backend, sdk_root=str(config.sdk_root))
+        self.reports = 0  # runs of report_sdk_current the sensor requested
 
     def tick(self) -> list:
-        """The events of one tick (recorded in the instance), [] when it skipped."""
+        """The events of one tick (recorded in the instance as the daemon records them), then the check
+        results of the report run it requested (run here); [] when it skipped."""
         sensor = self.project.defs.resolve_sensor_def(OBSERVE_SENSOR_NAME)
         context = dg.build_sensor_context(instance=self.project.instance, cursor=self.cursor,
                                           resources={"toolchain": self.toolchain})
@@ -36,7 +39,14 @@ class SensorTicks:
         self.cursor = result.cursor
         for event in result.asset_events:
             self.project.instance.report_runless_asset_event(event)
-        return list(result.asset_events)
+        events = list(result.asset_events)
+        for request in result.run_requests:
+            job = self.project.defs.resolve_job_def(CURRENCY_JOB)
+            run = job.execute_in_process(instance=self.project.instance, tags=request.tags)
+            assert run.success
+            self.reports += 1
+            events += run.get_asset_check_evaluations()
+        return events
 
 
 def currency(project, partition: str):
@@ -47,11 +57,18 @@ def currency(project, partition: str):
     return mine[0].event.dagster_event.event_specific_data if mine else None
 
 
+def cli(args: list[str]) -> int:
+    from qaic_assets.cli import main
+
+    return main(args)
+
+
 def runs(project) -> int:
     return len(project.instance.get_run_records())
 
 
-def test_an_upgrade_marks_each_binary_not_current_until_rebuilt_and_a_failed_recompile_says_so(tiny_project, monkeypatch):
+def test_an_upgrade_marks_each_binary_not_current_until_rebuilt_and_a_failed_recompile_says_so(tiny_project, monkeypatch,
+                                                                                              capsys):
     project = tiny_project
     ticks = SensorTicks(project)
     [observation] = ticks.tick()  # the first observation, without a run
@@ -61,7 +78,8 @@ def test_an_upgrade_marks_each_binary_not_current_until_rebuilt_and_a_failed_rec
     for batch in ("bs1", "bs2"):
         project.materialize(profile_key("tiny"), batch)
     for partition in BUILT:
-        project.materialize(binary_key("tiny"), partition)
+        built = project.materialize(binary_key("tiny"), partition, **{AUTOMATION_TAG: "recompile"})
+        assert SDK_CHANGE_TAG not in project.instance.get_run_by_id(built.run_id).tags  # no SDK change
         check = currency(project, partition)  # reported by the build itself
         assert check.passed and check.description == "built with Apps SDK 1.18.2.0.5, the SDK observed now"
 
@@ -82,12 +100,16 @@ def test_an_upgrade_marks_each_binary_not_current_until_rebuilt_and_a_failed_rec
         assert check.description == ("built with Apps SDK 1.18.2.0.5, current Apps SDK 1.18.2.0.6: "
                                      "recompile pending")
     assert currency(project, "bs4|offline-nsp14") is None  # never built: no verdict
-    assert runs(project) == before
+    assert runs(project) == before + 1 and ticks.reports == 2  # one report run per observed compiler
 
-    # the automation's recompiles: one succeeds, one fails
-    project.materialize(profile_key("tiny"), "bs1")
-    project.materialize(binary_key("tiny"), BUILT[0])
+    # the automation's recompiles (its runs carry its tag): one succeeds, one fails
+    automation = {AUTOMATION_TAG: "recompile"}
+    project.materialize(profile_key("tiny"), "bs1", **automation)
+    rebuilt = project.materialize(binary_key("tiny"), BUILT[0], **automation)
     assert currency(project, BUILT[0]).passed
+    # the run says which SDK change it follows, in plain words
+    assert project.instance.get_run_by_id(rebuilt.run_id).tags[SDK_CHANGE_TAG] == \
+        "Apps SDK 1.18.2.0.5 -> 1.18.2.0.6; Platform SDK not installed (unchanged)"
     monkeypatch.setenv("FAKE_QAIC_EXIT", "3")
     failed = project.materialize(profile_key("tiny"), "bs2", raise_on_error=False)
     assert not failed.success
@@ -103,6 +125,22 @@ def test_an_upgrade_marks_each_binary_not_current_until_rebuilt_and_a_failed_rec
     assert check.description.endswith("; serving the binary built with Apps SDK 1.18.2.0.5")
     assert latest(project.instance, binary_key("tiny"), BUILT[1]).metadata["sdk_version"].value == "1.18.2.0.5"
     assert ticks.tick() == []  # the failure stays visible: no tick overwrites it
+
+    # the CLI says the same as the UI: `status` lists what is not current, `lineage` says it too
+    assert cli(["status"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"tiny {BUILT[1]}: NOT CURRENT: {check.description}", "1 of 2 built binaries are current, 1 not"]
+    assert cli(["lineage", "--model", "tiny", "--partition", BUILT[1]]) == 0
+    assert f"  sdk_current: NOT CURRENT: recompile for Apps SDK 1.18.2.0.6 failed in run {failed.run_id}" in \
+        capsys.readouterr().out
+
+    # a second upgrade is reported again (Dagster's SQLite storage refuses a second run-less result of
+    # one partition's check: the report is a run)
+    set_fake_sdk_version(project.sdk, "1.18.2", "0.7")
+    events = ticks.tick()
+    assert [type(e).__name__ for e in events] == ["AssetObservation"] + ["AssetCheckEvaluation"] * 2
+    for partition in BUILT:
+        assert currency(project, partition).description.endswith("current Apps SDK 1.18.2.0.7: recompile pending")
 
 
 @pytest.mark.parametrize("sdk_here", [True, False])

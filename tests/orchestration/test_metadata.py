@@ -154,6 +154,9 @@ def test_identical_cpu_commands_are_built_once(cpu_project, monkeypatch):
     assert second["same_build_as"].value == "bs1|offline-nsp14" and "same_build_as" not in first
     assert second["sha256"].value == first["sha256"].value
     assert "same build as `bs1|offline-nsp14`" in second["lineage"].value
+    from qaic_assets.orchestration.lineage import lineage  # what `qaic-assets lineage` prints
+
+    assert lineage(instance, "digits", "bs1|singlestream-nsp14")["binary"]["same_build_as"] == "bs1|offline-nsp14"
     # what the shared bytes cost is the build's own measurement, not a zero that was never measured
     assert first["duration_s"].value > 0 and first["peak_rss_mb"].value > 0
     assert (second["duration_s"].value, second["peak_rss_mb"].value) == (first["duration_s"].value,

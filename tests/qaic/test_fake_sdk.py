@@ -1,4 +1,4 @@
-"""The strict fake qaic-exec (tests/fake_sdk/qaic-exec) and its helper (tests/fake_sdk.py)."""
+"""The strict stand-in qaic-exec shipped in qaic_assets/standin_sdk/exec/qaic-exec, and its helper (tests/fake_sdk.py)."""
 
 from __future__ import annotations
 
@@ -240,6 +240,30 @@ def test_fault_exit_code(sdk, model, tmp_path):
     r = run(sdk, *compile_args(model, tmp_path / "qpc"), env={"FAKE_QAIC_EXIT": "3"})
     assert r.returncode == 3 and "ERROR" in r.stderr
     assert not (tmp_path / "qpc" / "programqpc.bin").exists()
+
+
+def test_fail_models_file_fails_the_listed_model_only(sdk, tmp_path, cal_list):
+    """The file switch make demo-upgrade uses: a model named in <root>/fail-models.txt (by its file's
+    stem or its folder) fails, calibration and compile alike; other models and wrong flags are as before."""
+    from qaic_assets.standin_sdk import set_failing_models
+
+    listed, other = tmp_path / "digits-fp16.onnx", tmp_path / "digits" / "model.onnx"
+    other.parent.mkdir()
+    for path in (listed, other):
+        path.write_bytes(b"the stand-in only hashes it")
+    switch = set_failing_models(sdk, ["digits-fp16"])
+    r = run(sdk, *compile_args(listed, tmp_path / "qpc"))
+    assert r.returncode == 1 and not (tmp_path / "qpc" / "programqpc.bin").exists()
+    assert f"ERROR: stand-in fault: {switch} lists 'digits-fp16'" in r.stderr
+    r = run(sdk, f"-model={listed}", f"-input-list-file={cal_list}", f"-dump-profile={tmp_path / 'p.yaml'}")
+    assert r.returncode == 1 and "stand-in fault" in r.stderr
+    assert run(sdk, *compile_args(listed, tmp_path / "qpc"), "-bogus").stderr.startswith("ERROR: unknown flag -bogus")
+    assert run(sdk, *compile_args(other, tmp_path / "ok")).returncode == 0
+    set_failing_models(sdk, ["digits"])  # a folder's name counts too
+    assert "stand-in fault" in run(sdk, *compile_args(other, tmp_path / "no")).stderr
+    set_failing_models(sdk, [])
+    assert not switch.exists() and run(sdk, *compile_args(listed, tmp_path / "qpc")).returncode == 0
+    assert [c["argv"][0] for c in read_calls(sdk)] == [str(fake_qaic_exec(sdk))] * 6  # each one recorded
 
 
 def test_fault_skip_output(sdk, model, tmp_path):

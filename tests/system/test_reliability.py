@@ -863,9 +863,9 @@ def test_webserver_binds_localhost_by_default():
 
     makefile = (REPO / "Makefile").read_text()
     ui = makefile.split("\nui:", 1)[1].split("\n\n", 1)[0]
-    assert "dagster dev -h 127.0.0.1 " in ui
+    assert "dg dev -h 127.0.0.1 " in ui
     assert "http://127.0.0.1:3000" in (REPO / "README.md").read_text()
     host = next(p for p in dagster_webserver.cli.dagster_webserver.params if p.name == "host")
-    assert host.default == "127.0.0.1"  # also what `dagster dev` uses when given no -h
+    assert host.default == "127.0.0.1"  # also what `dg dev` uses when given no -h
     for name in ("Makefile", "README.md", "workspace.yaml"):
         assert "0.0.0.0" not in (REPO / name).read_text()

@@ -1,5 +1,6 @@
-"""The stand-in compiler's own flag grammar (tests only; stdlib only; deliberately NOT shared with
-qaic_assets, so it catches the project's mistakes rather than sharing them).
+"""The stand-in compiler's own flag grammar (demos and tests; stdlib only; see ../../README.md). Deliberately
+NOT shared with the rest of qaic_assets (qaic/flag_table.py), so it catches the project's mistakes rather
+than sharing them; nothing in qaic_assets imports it (the stand-in compiler loads it from <sdk_root>/lib/python).
 
 Written from the SDK documentation (Python-API/qaic/qaic.md keyword table, Compile-the-Model.md) and
 Glow/LLVM conventions: `-name` or `-name=value`; booleans bare or =true|false|1|0 (TRUE/True/FALSE/False

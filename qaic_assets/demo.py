@@ -51,6 +51,7 @@ import dagster as dg
 
 from qaic_assets.builder.process import TERM_GRACE_S, die_with_parent
 from qaic_assets.orchestration.executor import execution_run_config
+from qaic_assets.orchestration.lineage import latest_by_partition
 from qaic_assets.orchestration.instance import instance_lock, open_instance, storage_error, storage_error_message
 from qaic_assets.orchestration.up_to_date import UpToDate, Step
 from qaic_assets.orchestration.keys import (ACCURACY_CHECK_NAME, DEMO_TAG, POOL, SDK_KEY, TAG_PREFIX, binary_key,
@@ -463,19 +464,18 @@ def built_table(config: Settings, instance: dg.DagsterInstance, steps: dict[str,
     for model in config.model_names:
         key = binary_key(model)
         matrix = config.matrix_of(model)
+        latest = latest_by_partition(instance, key, [p.key for p in matrix.binary_partitions])  # a few queries
         for p in matrix.binary_partitions:
             partition = p.key
-            records = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-            ).records
+            record = latest.get(partition)
             if (steps or {}).get(step_label(Step(key, model, partition))) in (FAILED, NOT_RUN):
                 rows.append({"model": model, "partition": partition, "status": "failed",
-                             "note": "an older build is kept" if records else ""})
+                             "note": "an older build is kept" if record else ""})
                 continue
-            if not records:
+            if record is None:
                 rows.append({"model": model, "partition": partition, "status": "missing"})
                 continue
-            meta = records[0].asset_materialization.metadata
+            meta = record.asset_materialization.metadata
             same = meta.get("same_build_as")
             rows.append({
                 "model": model, "partition": partition, "status": "built",

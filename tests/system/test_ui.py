@@ -1,5 +1,5 @@
 """The Dagster UI, checked in a real headless browser (Debian chromium) against an instance where a
-few partitions were materialized with the fake SDK.
+few partitions were materialized with the fake SDK, and against `make demo-upgrade`'s instance.
 
 `dagster-webserver` serves the project (`-m qaic_assets.definitions`, the config in
 QAIC_ASSETS_CONFIG) on 127.0.0.1 on a free port; chromium renders each page (`--dump-dom` after a
@@ -9,9 +9,12 @@ virtual-time budget, so the React app has fetched and rendered its data) and the
 
 from __future__ import annotations
 
+import html
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -137,3 +140,49 @@ def test_asset_graph_and_partitions_render(webserver, chromium, tmp_path):
     dom = render_until(chromium, f"{base}/automation", profile, "qaic_automation", "observe_qaic_sdk_schedule",
                        attempts=1)
     assert "Every 15 minutes" in text_of(dom)
+
+
+@pytest.fixture(scope="module")
+def upgraded(tmp_path_factory):
+    """`make demo-upgrade`'s instance (an SDK upgrade on the stand-in SDK where digits-fp16's recompiles
+    fail on purpose), served by dagster-webserver without the daemon, as `make ui-upgrade` serves it."""
+    from types import SimpleNamespace
+
+    folder = tmp_path_factory.mktemp("upgrade") / "demo-upgrade"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QAIC_", "FAKE_QAIC_", "DAGSTER_HOME"))}
+    story = subprocess.run([sys.executable, "-m", "qaic_assets.demo_upgrade", "--dir", str(folder)], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert story.returncode == 0, story.stdout[-3000:] + story.stderr[-3000:]
+    project = SimpleNamespace(home=folder / "dagster_home", config_path=folder / "qaic.yaml", root=folder)
+    try:
+        proc, base = start_webserver(project, folder / "webserver.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield base
+    finally:
+        stop_session(proc)
+
+
+def test_after_an_upgrade_the_ui_shows_which_binaries_are_current(upgraded, chromium, tmp_path):
+    """In a real browser, after an SDK upgrade whose recompile failed for one model: that model's
+    binaries show sdk_current failed with the run and the message and the binary still served; the
+    other model's are current; the SDK change is in plain words on qaic_sdk; the SDK tool check of a
+    built binary passed with its numbers (no check "skipped" without a reason)."""
+    profile = tmp_path / "chromium-profile"
+    failed = text_of(render_until(chromium, f"{upgraded}/assets/digits-fp16/compiled_binary?view=checks"
+                                  "&checkDetail=sdk_current", profile, "Latest execution", "Partition"))
+    assert "sdk_current Failed" in failed
+    assert re.search(r"recompile for Apps SDK 1\.18\.2\.0\.6, Platform SDK 1\.18\.2\.0\.5 failed in run [0-9a-f-]{36}: "
+                     r"qaic-exec failed: exit code 1 after [\d.]+ s; serving the binary built with Apps SDK "
+                     r"1\.18\.2\.0\.5", failed), failed[:2000]
+    current = text_of(render_until(chromium, f"{upgraded}/assets/digits/compiled_binary?view=checks"
+                                   "&checkDetail=sdk_current", profile, "Latest execution", attempts=1))
+    assert "sdk_current Succeeded" in current and "Evaluation result Passed" in current
+    assert "built with Apps SDK 1.18.2.0.6, Platform SDK 1.18.2.0.5, the SDK observed now" in current
+    fits = text_of(render_until(chromium, f"{upgraded}/assets/digits/compiled_binary?view=checks"
+                                "&checkDetail=fits_target", profile, "Latest execution", attempts=1))
+    assert "needs 4 NSPs, the partition has 14" in fits and "Evaluation result Passed" in fits
+    sdk = text_of(render_until(chromium, f"{upgraded}/assets/qaic_sdk?view=events", profile, "sdk_change",
+                               attempts=1))
+    assert "sdk_change Apps SDK 1.18.2.0.5 -> 1.18.2.0.6; Platform SDK 1.18.2.0.5 (unchanged)" in html.unescape(sdk)

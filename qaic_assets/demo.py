@@ -206,14 +206,18 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        return f"{self.job} {self.partition or ''}".strip()
+        models = sorted({s.model for s in self.steps if s.model})
+        return f"{self.job} {self.partition or ''}".strip() + (f" ({models[0]})" if len(models) == 1 and
+                                                              self.partition else "")
 
 
 def plan_runs(config: Settings) -> list[PlannedRun]:
     """Every run of the default matrix, in dependency order, with the asset partitions each makes and
-    the runs each waits for: a calibration run waits for the SDK observation and the sources; a
-    compile run also for its batch's calibration run and the compile runs of that batch before it
-    (whose identical CPU builds it shares rather than builds again)."""
+    the runs each waits for: one run per model and partition (a model's failure fails its own runs
+    only, the other models' runs succeed), of the model's job; a calibration run waits for the SDK
+    observation and the sources; a compile run also for its batch's calibration run and the model's
+    compile runs of that batch before it (whose identical CPU builds it shares rather than builds
+    again)."""
     from qaic_assets.orchestration.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
     runs = [PlannedRun(OBSERVE_JOB, None, [Step(SDK_KEY)]),
@@ -224,18 +228,18 @@ def plan_runs(config: Settings) -> list[PlannedRun]:
         groups.setdefault(jobs, []).append(model)
     for (calib_job, compile_job), models in groups.items():
         matrix = config.matrix_of(models[0])
-        quantized = [m for m in models if config.model(m).calibrates]
-        calibration: dict[str, int] = {}
-        if quantized:
-            for b in matrix.batch_keys:
-                calibration[b] = len(runs)
-                runs.append(PlannedRun(calib_job, b, [Step(profile_key(m), m, b) for m in quantized], first))
-        after_by_batch: dict[str, tuple[int, ...]] = {}
-        for p in matrix.binary_partitions:
-            b = p.batch_key
-            after = after_by_batch.get(b) or (*first, *([calibration[b]] if b in calibration else []))
-            runs.append(PlannedRun(compile_job, p.key, [Step(binary_key(m), m, p.key) for m in models], after))
-            after_by_batch[b] = (*after, len(runs) - 1)
+        for m in models:
+            calibration: dict[str, int] = {}
+            if config.model(m).calibrates:
+                for b in matrix.batch_keys:
+                    calibration[b] = len(runs)
+                    runs.append(PlannedRun(calib_job, b, [Step(profile_key(m), m, b)], first))
+            after_by_batch: dict[str, tuple[int, ...]] = {}
+            for p in matrix.binary_partitions:
+                b = p.batch_key
+                after = after_by_batch.get(b) or (*first, *([calibration[b]] if b in calibration else []))
+                runs.append(PlannedRun(compile_job, p.key, [Step(binary_key(m), m, p.key)], after))
+                after_by_batch[b] = (*after, len(runs) - 1)
     return runs
 
 
@@ -530,7 +534,7 @@ def _demo(config: Settings, log: Path, started: float) -> int:
             outcomes = materialize_matrix(config, instance, progress=progress)
         rows = built_table(config, instance, progress.statuses)
     print_table(rows)
-    failed = [f"{n} {p or ''}".strip() for n, p, ok in outcomes if not ok]
+    failed = [run.label for run, (_, _, ok) in zip(runs, outcomes) if not ok]
     built = [r for r in rows if r["status"] == "built"]
     not_built = [f"{r['model']} {r['partition']}" for r in rows if r["status"] == "failed"]
     shared = sum(bool(r.get("note")) for r in built)

@@ -13,7 +13,7 @@ DAGSTER_HOME, so `make demo`'s instance is untouched; each run starts that folde
    (`<sdk>/fail-models.txt`), so that model's recompiles fail on purpose;
 4. does what the daemon does: ticks `observe_qaic_sdk_sensor` (its events recorded with
    report_runless_asset_event, as the daemon records them) and evaluates the automation as the
-   `qaic_automation` sensor does (dg.evaluate_automation_conditions on the definitions), building what
+   `qaic_automation_<model>` sensors do (dg.evaluate_automation_conditions on the definitions), building what
    each tick requests, one run per (job, partition) tagged as that sensor tags its runs, until a tick
    requests nothing;
 5. prints which partitions were recompiled and why (the observation's `sdk_change`, each partition's
@@ -207,7 +207,7 @@ def observe_tick(defs: dg.Definitions, instance: dg.DagsterInstance, config: Set
 
 
 def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, cursor):
-    """One evaluation of the automation, as a `qaic_automation` tick evaluates it. (Dagster's own code
+    """One evaluation of the automation, as the `qaic_automation_<model>` sensors evaluate it. (Dagster's own code
     inside warns of a beta parameter it passes itself: not the reader's concern.)"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
@@ -304,9 +304,9 @@ def tell(story: Story, defs: dg.Definitions, instance: dg.DagsterInstance, log: 
         cursor = result.cursor
         requested = {k: sorted(result.get_requested_partitions(k)) for k in automated if result.get_num_requested(k)}
         if not requested:
-            print(f"   {SENSOR_NAME} tick {tick}: requests nothing: the upgrade is handled")
+            print(f"   {SENSOR_NAME}_* tick {tick}: requests nothing: the upgrade is handled")
             break
-        print(f"   {SENSOR_NAME} tick {tick}: requests "
+        print(f"   {SENSOR_NAME}_* tick {tick}: requests "
               + "; ".join(f"{k.to_user_string()} {', '.join(v)}" for k, v in requested.items()), flush=True)
         for key, partitions in requested.items():
             for partition in partitions:

@@ -104,3 +104,17 @@ def failure_message(result) -> str:
         parts.append(error.message)
         error = error.cause
     return "\n".join(parts)
+
+
+def wrap_compiler(sdk: Path, body: str) -> None:
+    """Replace <sdk>/exec/qaic-exec by a Python script (`REAL` is the original's path)."""
+    exe = Path(sdk) / "exec" / "qaic-exec"
+    real = exe.with_name("qaic-exec.real")
+    exe.rename(real)
+    exe.write_text(f"#!{sys.executable}\nimport os, subprocess, sys\nREAL = {str(real)!r}\n{body}")
+    exe.chmod(0o755)
+
+
+def run_messages(project, run_id: str) -> list[str]:
+    """The user messages of a run's events."""
+    return [r.user_message or "" for r in project.instance.all_logs(run_id)]

@@ -9,9 +9,11 @@
   the compile hosts only (docs/DEPLOY.md), the schedule `observe_qaic_sdk_schedule` (cron
   `sdk_observe_cron`, default every 15 minutes) launches the observation run on a compile host; where
   the sensor observes, the schedule's ticks skip, saying why. Both run by default.
-* The stock automation sensor `qaic_automation` (running by default, evaluated in the code server
-  because one operand is project code) evaluates one condition on every `calibration_profile` and
-  `compiled_binary` partition, composed from Dagster's public conditions:
+* The stock automation sensors `qaic_automation_<model>` (one per model, so a recompile run holds one
+  model's partitions and a model that fails under a new SDK fails only its own runs; running by
+  default, evaluated in the code server because one operand is project code) evaluate one condition
+  on every `calibration_profile` and `compiled_binary` partition, composed from Dagster's public
+  conditions:
 
       due       = (any_deps_match(data_version_changed) | code_version_changed [| nightly])
                       .since_last_handled() & ~missing
@@ -44,7 +46,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from qaic_assets.orchestration.keys import AUTOMATION_TAG, profile_key
+from qaic_assets.keys import dagster_name
+from qaic_assets.orchestration.keys import AUTOMATION_TAG, binary_key, profile_key
+from qaic_assets.orchestration.percentile import choice_key
 from qaic_assets.orchestration.resources import Toolchain
 from qaic_assets.orchestration.toolchain import (
     SDK_FOUND,
@@ -133,23 +137,40 @@ class Automation:
     schedules: list[dg.ScheduleDefinition]
 
 
+def sensor_name(model: str) -> str:
+    """The automation sensor of one model (Dagster names allow no '-' or '.')."""
+    return f"{SENSOR_NAME}_{dagster_name(model)}"
+
+
+def model_automation_keys(config: Settings, model: str) -> list[dg.AssetKey]:
+    """The assets of a model the automation recompiles: its profile (and percentile choice), its binary."""
+    cfg = config.model(model)
+    keys = [profile_key(model)] if cfg.calibrates else []
+    keys += [choice_key(model)] if cfg.calibrates and cfg.sweeps_percentile else []
+    return [*keys, binary_key(model)]
+
+
 def build_automation(config: Settings, observe_job) -> Automation:
-    """The condition for the assets, the automation sensor and the SDK observation schedule."""
+    """The condition for the assets, one automation sensor per model (so a recompile run holds one
+    model's partitions: a model that fails under a new SDK fails its own runs only), the SDK
+    observation sensor and schedule."""
+    sensors = []
     with warnings.catch_warnings():  # `use_user_code_server` is a beta parameter in Dagster 1.13
         warnings.simplefilter("ignore", dg.BetaWarning)
-        sensor = dg.AutomationConditionSensorDefinition(
-            name=SENSOR_NAME,
-            target=dg.AssetSelection.all(),
-            default_status=dg.DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=30,
-            use_user_code_server=True,
-            run_tags={AUTOMATION_TAG: "recompile"},
-            description="Recompiles the built calibration profiles and binaries whose SDK version, model, "
-            "profile or recipe changed" + (
-                f"; nightly ({config.nightly.cron}) every one changed since built" if config.nightly.enabled else ""),
-        )
+        for model in config.model_names:
+            sensors.append(dg.AutomationConditionSensorDefinition(
+                name=sensor_name(model),
+                target=dg.AssetSelection.assets(*model_automation_keys(config, model)),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=30,
+                use_user_code_server=True,
+                run_tags={AUTOMATION_TAG: "recompile"},
+                description=f"Recompiles {model}'s built calibration profiles and binaries whose SDK version, "
+                "model, profile or recipe changed" + (
+                    f"; nightly ({config.nightly.cron}) every one changed since built" if config.nightly.enabled else ""),
+            ))
     return Automation(condition=recompile_condition(config),
-                      sensors=[sensor, observe_sensor(config)], schedules=[observe_schedule(config, observe_job)])
+                      sensors=[*sensors, observe_sensor(config)], schedules=[observe_schedule(config, observe_job)])
 
 
 def observe_sensor(config: Settings) -> dg.SensorDefinition:

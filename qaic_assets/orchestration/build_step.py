@@ -49,7 +49,7 @@ def code_version(config: Settings, model: str, *parts: object) -> str:
 @contextlib.contextmanager
 def as_failure() -> Iterator[None]:
     """A BuildError becomes a dg.Failure with its message and details (command, log tail, duration),
-    or a retry when it is transient."""
+    and nothing else (no chained traceback of the builder), or a retry when it is transient."""
     try:
         yield
     except BuildError as exc:
@@ -63,4 +63,6 @@ def as_failure() -> Iterator[None]:
             metadata["duration_s"] = details["duration_s"]
         if exc.transient:
             raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=TRANSIENT_RETRY_WAIT_S) from exc
-        raise dg.Failure(description=str(exc), metadata=metadata, allow_retries=False) from exc
+        # from None: the message says what failed and how to fix it, the metadata carries the command and
+        # the log tail; the builder's own traceback would follow it in the UI as noise
+        raise dg.Failure(description=str(exc), metadata=metadata, allow_retries=False) from None

@@ -18,7 +18,7 @@ from fake_sdk import read_calls, set_fake_sdk_version
 from helpers import latest
 from qaic_assets.orchestration import build_definitions, toolchain
 from qaic_assets.orchestration.keys import AUTOMATION_TAG
-from qaic_assets.orchestration.automation import CONDITION_LABEL, OBSERVE_SCHEDULE_NAME, SENSOR_NAME
+from qaic_assets.orchestration.automation import CONDITION_LABEL, OBSERVE_SCHEDULE_NAME, sensor_name
 from qaic_assets.orchestration.jobs import OBSERVE_JOB
 from qaic_assets.orchestration.keys import SDK_KEY, binary_key, profile_key, source_key
 from qaic_assets.orchestration.resources import Toolchain
@@ -133,11 +133,11 @@ def test_sdk_upgrade_recompiles_exactly_what_was_compiled(tiny_project):
 
 
 def test_the_stock_sensor_emits_the_profiles_as_one_backfill(tiny_project):
-    """What the daemon receives from `qaic_automation` (the stock sensor, evaluated as the code server
-    does): after an SDK upgrade one backfill of the two built profiles, tagged as automation."""
+    """What the daemon receives from `qaic_automation_tiny` (the model's stock sensor, evaluated as the
+    code server does): after an SDK upgrade one backfill of the two built profiles, tagged as automation."""
     project = tiny_project
     materialize_some(project)
-    sensor = project.defs.resolve_sensor_def(SENSOR_NAME)
+    sensor = project.defs.resolve_sensor_def(sensor_name("tiny"))
 
     def tick(cursor):
         context = dg.build_sensor_context(instance=project.instance, cursor=cursor,
@@ -298,7 +298,7 @@ def test_nightly_recompiles_what_changed_since_built_only(tiny_project):
 @pytest.mark.project(extra="\nsdk_observe_cron: '*/5 * * * *'\n")
 def test_declared_automation_runs_by_default(tiny_project):
     defs = tiny_project.defs
-    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    sensor = defs.resolve_sensor_def(sensor_name("tiny"))
     assert type(sensor) is dg.AutomationConditionSensorDefinition  # the stock sensor, no subclass
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.sensor_type.name == "AUTOMATION"  # evaluated in the code server (project operand)
@@ -323,7 +323,10 @@ def test_declared_automation_runs_by_default(tiny_project):
 def test_packaged_definitions_declare_the_automation():
     from qaic_assets.definitions import defs
 
-    assert defs.resolve_sensor_def(SENSOR_NAME).default_status == dg.DefaultSensorStatus.RUNNING
+    for model in ("resnet50", "retinanet", "bert-99", "digits"):  # one sensor per model: a run holds one model
+        sensor = defs.resolve_sensor_def(sensor_name(model))
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert {k.path[0] for k in sensor.asset_selection.resolve(defs.resolve_asset_graph())} == {model}
     assert defs.resolve_schedule_def(OBSERVE_SCHEDULE_NAME).cron_schedule == "*/15 * * * *"
 
 

@@ -156,3 +156,18 @@ def test_the_schedule_launches_an_observation_run_only_where_the_code_server_has
     else:
         assert isinstance(result, dg.RunRequest)
         assert SensorTicks(project, toolchain).tick() == []  # nothing to read here: the run observes
+
+
+def test_a_failed_build_is_its_message_once_without_the_builders_traceback(tiny_project, monkeypatch):
+    """The step failure the UI shows is the dg.Failure: the BuildError's message as its description,
+    the command and log tail as metadata, and no chained traceback of the builder after it."""
+    project = tiny_project
+    project.materialize(source_key("tiny"))
+    monkeypatch.setenv("FAKE_QAIC_EXIT", "3")
+    result = project.materialize(profile_key("tiny"), "bs1", raise_on_error=False)
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    data = failure.step_failure_data
+    assert data.error.cause is None and data.error.context is None
+    assert data.user_failure_data.description.startswith("qaic-exec failed: exit code 3 after ")
+    assert data.error.message.strip().endswith(data.user_failure_data.description.strip())
+    assert {"command", "log_tail"} <= set(data.user_failure_data.metadata)

@@ -126,9 +126,39 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
     failed = [line for line in done.stdout.splitlines() if line.startswith("[FAILED] tiny/calibration_profile bs1")]
     assert len(failed) == 1 and "qaic-exec does not exist" in failed[0]
     assert "Traceback" not in done.stdout + done.stderr and "SdkError" not in done.stdout + done.stderr
-    assert "failed runs: calibration_profiles bs1" in done.stdout
-    assert "SdkError" in demo_log(project.config).read_text()  # the stack traces are kept there
+    assert "failed runs: calibration_profiles bs1 (tiny)" in done.stdout
+    assert "qaic-exec does not exist" in demo_log(project.config).read_text()  # Dagster's failure events go there
 
+
+
+def test_one_models_failure_fails_its_own_runs_only(tmp_path):
+    """A run per model and partition: tiny2's calibration fails (the stand-in SDK's fault switch), so
+    its runs fail; tiny's runs, the same batch and targets, succeed; the message is one line per step."""
+    from qaic_assets.standin_sdk import set_failing_models
+
+    project = write_tiny_project(tmp_path / "project", batch=[1])
+    (project.root / "tiny2.onnx").write_bytes((project.root / "tiny.onnx").read_bytes())
+    second = "  tiny2:\n    recipe: resnet50\n    source: {path: tiny2.onnx}\n    calibration: {list: cal/cal.txt}\n"
+    project.config_path.write_text(project.config_path.read_text().replace("models:\n", "models:\n" + second, 1))
+    set_failing_models(project.sdk, ["tiny2"])
+    done = _demo(project)
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed_runs = next(line for line in done.stdout.splitlines() if line.startswith("failed runs: "))
+    assert failed_runs.split(" (details")[0] == (
+        "failed runs: calibration_profiles bs1 (tiny2), compiled_binaries bs1|offline-nsp14 (tiny2), "
+        "compiled_binaries bs1|singlestream-nsp14 (tiny2)")
+    assert "2/4 compiled binaries built, 2 failed: tiny2 bs1|offline-nsp14, tiny2 bs1|singlestream-nsp14" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    with dg.DagsterInstance.from_config(str(project.home)) as instance:
+        statuses = {}
+        for record in instance.get_run_records():
+            run = record.dagster_run
+            models = {key.path[0] for key in run.asset_selection or ()} - {"qaic_sdk"}
+            if run.tags.get("dagster/partition"):
+                statuses[(models.pop(), run.tags["dagster/partition"])] = run.status.value
+    assert statuses == {("tiny", "bs1"): "SUCCESS", ("tiny", "bs1|offline-nsp14"): "SUCCESS",
+                        ("tiny", "bs1|singlestream-nsp14"): "SUCCESS", ("tiny2", "bs1"): "FAILURE",
+                        ("tiny2", "bs1|offline-nsp14"): "FAILURE", ("tiny2", "bs1|singlestream-nsp14"): "FAILURE"}
 
 
 def test_on_a_terminal_dagster_output_still_goes_to_the_log(tmp_path):
@@ -164,7 +194,7 @@ def test_on_a_terminal_dagster_output_still_goes_to_the_log(tmp_path):
     assert "\x1b[" in text and "[FAILED]" in text and "qaic-exec does not exist" in text  # the live display
     assert "SdkError" not in text and "Traceback" not in text and "run workers" not in text
     log = demo_log(project.config).read_text()
-    assert "SdkError" in log and "run workers: 2, started by fork" in log
+    assert "qaic-exec does not exist" in log and "run workers: 2, started by fork" in log
 
 
 def test_the_demo_log_is_not_in_dagsters_telemetry_queue_and_survives_a_webserver_start(tmp_path):
@@ -177,7 +207,7 @@ def test_the_demo_log_is_not_in_dagsters_telemetry_queue_and_survives_a_webserve
     assert _demo(project).returncode == 1
     log = demo_log(project.config)
     text = log.read_text()
-    assert "SdkError" in text and log.is_relative_to(project.config.storage_root)
+    assert "qaic-exec does not exist" in text and log.is_relative_to(project.config.storage_root)
     proc, _ = start_webserver(project, tmp_path / "webserver.log")
     stop_session(proc)
     assert log.read_text() == text  # untouched by the webserver's start

@@ -733,11 +733,12 @@ def split_hosts(servers, tmp_path_factory):
 
 
 def sensor_ticks(webserver: str) -> list[dict]:
-    """The automation sensor's latest ticks, as the webserver (no SDK on its host) reports them."""
-    from qaic_assets.orchestration.automation import SENSOR_NAME
+    """The automation sensor's latest ticks (the model tiny's), as the webserver (no SDK on its host)
+    reports them."""
+    from qaic_assets.orchestration.automation import sensor_name
 
     selector = {"repositoryLocationName": "qaic_assets.definitions", "repositoryName": "__repository__",
-                "sensorName": SENSOR_NAME}
+                "sensorName": sensor_name("tiny")}
     data = _graphql(webserver, SENSOR_TICKS_QUERY, {"selector": selector})["data"]["sensorOrError"]
     assert data["__typename"] == "Sensor", data
     assert data["sensorState"]["status"] == "RUNNING", data  # running by default

@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 
 from fake_sdk import read_calls
-from helpers import failure_message
+from helpers import failure_message, run_messages, wrap_compiler
 from test_reliability import (  # noqa: F401  (fixtures)
     PARTITION,
     assert_nothing_lost,
@@ -35,19 +35,6 @@ from qaic_assets.orchestration.keys import binary_key, profile_key
 from qaic_assets.hashing import sha256_bytes, sha256_file
 
 
-def wrap_compiler(project, body: str) -> None:
-    """Replace the fake SDK's qaic-exec by a Python script (`REAL` is the original's path)."""
-    exe = project.sdk / "exec" / "qaic-exec"
-    real = exe.with_name("qaic-exec.real")
-    exe.rename(real)
-    exe.write_text(f"#!{sys.executable}\nimport os, subprocess, sys\nREAL = {str(real)!r}\n{body}")
-    exe.chmod(0o755)
-
-
-def run_events(project, run_id: str) -> list[str]:
-    return [r.user_message or "" for r in project.instance.all_logs(run_id)]
-
-
 # ================================================================================================
 # A verbose compiler
 # ================================================================================================
@@ -59,7 +46,7 @@ def test_a_verbose_compiler_succeeds_and_its_full_log_is_kept_beside_the_binary(
     log gets a bounded number of those lines plus a count naming compiler.log, which holds all of
     them beside the binary; the manifest points at it."""
     project.reconfigure("compile_timeout_s: 30", "compile_timeout_s: 20")
-    wrap_compiler(project, "rc = subprocess.call([REAL, *sys.argv[1:]])\n"
+    wrap_compiler(project.sdk, "rc = subprocess.call([REAL, *sys.argv[1:]])\n"
                            "for n in range(4000):\n    print(f'compiling node number {n}')\n"
                            "sys.exit(rc)\n")
     t0 = time.monotonic()
@@ -74,7 +61,7 @@ def test_a_verbose_compiler_succeeds_and_its_full_log_is_kept_beside_the_binary(
     manifest = json.loads((project.final / "manifest.json").read_text())
     assert manifest["log"] == {"path": str(log), "lines": len(lines)}
     assert manifest["output"]["sha256"] == sha256_file(project.final / "elfs" / "programqpc.bin")
-    events = run_events(project, result.run_id)
+    events = run_messages(project, result.run_id)
     forwarded = [line for m in events for line in m.splitlines() if line.startswith("compiling node number")]
     assert len(forwarded) <= 20 + 5 * elapsed + 1, len(forwarded)
     assert any("more compiler output lines not forwarded" in m and str(log) in m for m in events)
@@ -111,7 +98,7 @@ def test_a_recalibration_during_a_compile_waits_and_the_recorded_profile_is_the_
                 if worker.poll() is not None:
                     return "done"
                 for run in project.instance.get_runs(dg.RunsFilter(job_name="calibration_profiles"), limit=1):
-                    if any("is reading it" in m for m in run_events(project, run.run_id)):
+                    if any("is reading it" in m for m in run_messages(project, run.run_id)):
                         return "waiting"
                 return None
 
@@ -263,7 +250,7 @@ def test_a_compiler_that_writes_its_binary_as_a_symlink_is_refused(project, tmp_
     else:
         body = f"os.symlink({str(elsewhere / 'elfs')!r}, out)\n"
         needle = f"qaic-exec wrote elfs as a symlink (to {elsewhere / 'elfs'}): refused"
-    wrap_compiler(project, "out = [a.split('=', 1)[1] for a in sys.argv if a.startswith('-aic-binary-dir=')][0]\n"
+    wrap_compiler(project.sdk, "out = [a.split('=', 1)[1] for a in sys.argv if a.startswith('-aic-binary-dir=')][0]\n"
                   + body)
     message = failure_message(project.materialize(binary_key("tiny"), PARTITION, force=True))
     assert needle in message and "the output must be a regular file" in message

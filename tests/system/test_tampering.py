@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import dagster as dg
 import pytest
 
 from fake_sdk import read_calls, set_fake_sdk_version
-from helpers import failure_message, latest
+from helpers import failure_message, latest, run_messages, wrap_compiler
 from qaic_assets.builder.outputs import output_lock
 from qaic_assets.builder.store import compile_dir
 from qaic_assets.hashing import sha256_file
@@ -77,19 +76,6 @@ def edit_in_place(path: Path) -> None:
 def leftovers(project) -> list[str]:
     store = project.root / "store"
     return [str(p.relative_to(store)) for p in store.rglob(".*")]
-
-
-def wrap_compiler(sdk: Path, body: str) -> None:
-    """Replace <sdk>/exec/qaic-exec by a Python script (`REAL` is the original's path)."""
-    exe = sdk / "exec" / "qaic-exec"
-    real = exe.with_name("qaic-exec.real")
-    exe.rename(real)
-    exe.write_text(f"#!{sys.executable}\nimport os, subprocess, sys\nREAL = {str(real)!r}\n{body}")
-    exe.chmod(0o755)
-
-
-def run_messages(project, run_id: str) -> list[str]:
-    return [r.user_message or "" for r in project.instance.all_logs(run_id)]
 
 
 # ================================================================================================

@@ -1,7 +1,8 @@
 """The main job behind `make demo`: materialize the whole matrix in the local Dagster instance.
 
-Runs: observe `qaic_sdk`; `source_models`; one calibration run per batch partition; one compile run
-per (batch, target) partition. Two runs go at once (as many as the `qaic_compile` pool allows), each
+Runs: observe `qaic_sdk`; `source_models`; one calibration run per model and batch partition; one
+compile run per model and (batch, target) partition (a model's failure fails its own runs only). Two
+runs go at once (as many as the `qaic_compile` pool allows), each
 in a run worker process of its own (forked from this one, which has imported dagster and the
 definitions already) that executes its steps one after another (Dagster's in-process executor): a
 run starts as soon as the runs it depends on have finished, so a core is never left waiting for

@@ -118,6 +118,10 @@ def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
     what the compiler wrote outside its output directory is named (`stray_outputs`)."""
     output = manifest["output"]
     strays = {"stray_outputs": dg.MetadataValue.json(manifest["strays"])} if manifest.get("strays") else {}
+    canary = (manifest.get("cached_from") or {}).get("canary")
+    if canary:  # copied from the build cache: what the SDK canary built before this SDK was promoted
+        strays["from_canary"] = dg.MetadataValue.text(f"built by the SDK canary run {canary['run_id']} for "
+                                                      f"{canary['candidate_root']}")
     return {
         **command_metadata(manifest["argv"]),
         "backend": manifest["backend"],

@@ -92,6 +92,7 @@ def test_canary_job_then_promotion_compiles_nothing(tiny_project, tmp_path):
     for partition in COMPILED:
         binary = latest(instance, binary_key("tiny"), partition).metadata
         assert binary["cached"].value is True and binary["built_by_run"].value == result.run_id
+        assert binary["from_canary"].value.startswith(f"built by the SDK canary run {result.run_id} for ")
         assert binary["sdk_version"].value == "1.19.0.7" and binary["sha256"].value == candidate_sha[partition]
         assert f"built by run [{result.run_id[:8]}]" in binary["lineage"].value  # "(reused by run ...)"
 

@@ -31,16 +31,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from qaic_assets.builder import cache, service
+from qaic_assets.builder import cache, sdk_tools, service
 from qaic_assets.builder.cache import CanaryBuild
 from qaic_assets.builder.manifest import read_manifest
-from qaic_assets.builder.process import run_tool
 from qaic_assets.builder.service import BuildError
 from qaic_assets.builder.store import calibration_dir, compile_dir
 from qaic_assets.hashing import atomic_write
 from qaic_assets.keys import BinaryPartition, batch_key, parse_batch_key
 from qaic_assets.qaic import tools
-from qaic_assets.qaic.sdk import SdkError, backend_name, sdk_version, tool_path
+from qaic_assets.qaic.sdk import SdkError, backend_name, sdk_version
 from qaic_assets.settings import Settings
 
 _LOG = logging.getLogger("qaic_assets.builder.canary")
@@ -118,13 +117,12 @@ def _sides(current: dict | None, candidate: dict | None) -> dict:
 
 
 def fits_target(sdk_root: Path, binary: Path, nsp: int, log: logging.Logger) -> dict:
-    """`qaic-qpc validate` of `sdk_root` on `binary`: NSPs one activation needs <= the partition's nsp
-    (the `fits_target` check's measurement, orchestration/sdk_checks.py; None when it cannot be run)."""
-    tool = tool_path(sdk_root, "qaic-qpc")
-    if tool is None:
-        return {"fits_target": None, "nsp_required": None, "note": f"{sdk_root}/tools/qaic-qpc is not installed"}
+    """The `fits_target` measurement (builder/sdk_tools.py) as a row's numbers: NSPs one activation
+    needs <= the partition's nsp; None with the reason when it cannot be made."""
     try:
-        report = tools.parse_qpc_validate(run_tool(tools.validate_argv(tool, binary), log=log))
+        report = sdk_tools.qpc_report(sdk_root, binary, log)
+    except sdk_tools.NotMeasured as exc:
+        return {"fits_target": None, "nsp_required": None, "note": str(exc)}
     except tools.ToolError as exc:
         return {"fits_target": False, "nsp_required": None, "note": str(exc)}
     return {"fits_target": report.nsp_required <= nsp, "nsp_required": report.nsp_required, "note": None}
@@ -132,33 +130,23 @@ def fits_target(sdk_root: Path, binary: Path, nsp: int, log: logging.Logger) -> 
 
 def cards(sdk_root: Path, log: logging.Logger) -> list[tools.Device] | str:
     """The cards `qaic-util -q` of `sdk_root` lists, or why there are none to run on."""
-    util, runner = tool_path(sdk_root, "qaic-util"), tool_path(sdk_root, "qaic-runner")
-    if util is None or runner is None:
-        return f"{sdk_root}/{'tools/qaic-util' if util is None else 'exec/qaic-runner'} is not installed"
     try:
-        return tools.parse_qaic_util(run_tool([str(util), "-q"], log=log))
-    except tools.ToolError as exc:
-        return f"no card: {exc}"
+        return sdk_tools.cards(sdk_root, log)
+    except sdk_tools.NotMeasured as exc:
+        return str(exc)
 
 
 def throughput(config: Settings, sdk_root: Path, binary: Path, nsp: int, nsp_required: int | None,
                devices: list[tools.Device] | str, log: logging.Logger) -> dict:
-    """Inferences per second by `qaic-runner` of `sdk_root` on the card `throughput_check.device` (of
-    `devices`: `cards`), with that section's inferences and activations (the `throughput` check's
-    measurement); None with the reason when the runner, qaic-util or a ready card is missing."""
-    opts = config.throughput_check
+    """The `throughput` measurement (builder/sdk_tools.py) on `devices` (`cards`) as a row's number;
+    None with the reason when the runner, qaic-util or a ready card is missing."""
     if isinstance(devices, str):
         return {"inferences_per_s": None, "note": devices}
-    if not any(d.qid == opts.device and d.ready for d in devices):
-        return {"inferences_per_s": None, "note": f"no ready card with QID {opts.device}"}
-    activations = opts.activations or max(1, nsp // nsp_required if nsp_required else 1)
-    argv = tools.runner_argv(tool_path(sdk_root, "qaic-runner"), binary.parent, activations, opts.inferences,
-                             opts.device)
     try:
-        stats = tools.parse_runner(run_tool(argv, timeout_s=opts.timeout_s, log=log))
-    except tools.ToolError as exc:
+        measured = sdk_tools.throughput(config, sdk_root, binary.parent, nsp, nsp_required, devices, log)
+    except (sdk_tools.NotMeasured, tools.ToolError) as exc:
         return {"inferences_per_s": None, "note": str(exc)}
-    return {"inferences_per_s": stats.inferences_per_s, "note": None}
+    return {"inferences_per_s": measured.stats.inferences_per_s, "note": None}
 
 
 def _measure(config: Settings, candidate: Path, target: Target, current: dict | None, built: dict | None,

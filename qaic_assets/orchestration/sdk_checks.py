@@ -8,8 +8,9 @@
   second as a number, so the UI plots throughput across SDK versions.
 
 Without the tool or the card a check is reported as skipped (a warning naming the reason), never as a
-silent pass. Both exist only on the SDK backend (the CPU compiler writes no QPC; with `backend: auto` a
-CPU build reports them skipped, saying so: orchestration/compile.py).
+silent pass. The measurements are builder/sdk_tools.py's (the SDK canary makes the same ones). Both
+exist only on the SDK backend (the CPU compiler writes no QPC; with `backend: auto` a CPU build
+reports them skipped, saying so: orchestration/compile.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import re
 
 import dagster as dg
 
-from qaic_assets.builder.process import run_tool
+from qaic_assets.builder import sdk_tools
 from qaic_assets.qaic import tools
-from qaic_assets.qaic.sdk import tool_path
 from qaic_assets.settings import Settings
 
 FITS_TARGET = "fits_target"
@@ -52,11 +52,10 @@ def _slug(key: str) -> str:
 
 
 def _validate(project: Settings, binary, nsp: int) -> tuple[dict, dg.AssetCheckResult, tools.QpcReport | None]:
-    tool = tool_path(project.sdk_root, "qaic-qpc")
-    if tool is None:
-        return {}, skipped(FITS_TARGET, f"{project.sdk_root}/tools/qaic-qpc is not installed (Platform SDK)"), None
     try:
-        report = tools.parse_qpc_validate(run_tool(tools.validate_argv(tool, binary)))
+        report = sdk_tools.qpc_report(project.sdk_root, binary)
+    except sdk_tools.NotMeasured as exc:
+        return {}, skipped(FITS_TARGET, str(exc)), None
     except tools.ToolError as exc:
         return {}, dg.AssetCheckResult(check_name=FITS_TARGET, passed=False, description=str(exc)), None
     metadata = {_slug(k): v for k, v in report.fields.items() if isinstance(v, (int, float))}
@@ -72,31 +71,22 @@ def _validate(project: Settings, binary, nsp: int) -> tuple[dict, dg.AssetCheckR
 
 
 def _throughput(project: Settings, binary_dir, nsp: int, report) -> tuple[dict, dg.AssetCheckResult]:
-    opts = project.throughput_check
-    util, runner = tool_path(project.sdk_root, "qaic-util"), tool_path(project.sdk_root, "qaic-runner")
-    if util is None or runner is None:
-        missing = "tools/qaic-util" if util is None else "exec/qaic-runner"
-        return {}, skipped(THROUGHPUT, f"{project.sdk_root}/{missing} is not installed (Platform SDK)")
     try:
-        devices = tools.parse_qaic_util(run_tool([str(util), "-q"]))
-    except tools.ToolError as exc:
-        return {}, skipped(THROUGHPUT, f"no card: {exc}")
-    device = next((d for d in devices if d.qid == opts.device), None)
-    if device is None or not device.ready:
-        return {}, skipped(THROUGHPUT, f"no ready card with QID {opts.device} (qaic-util -q lists "
-                                        f"{[d.qid for d in devices if d.ready] or 'none'})")
-    activations = opts.activations or max(1, nsp // report.nsp_required if report else 1)
-    argv = tools.runner_argv(runner, binary_dir, activations, opts.inferences, opts.device)
-    try:
-        stats = tools.parse_runner(run_tool(argv, timeout_s=opts.timeout_s))
-    except tools.ToolError as exc:
+        devices = sdk_tools.cards(project.sdk_root)
+        measured = sdk_tools.throughput(project, project.sdk_root, binary_dir, nsp,
+                                        report.nsp_required if report else None, devices)
+    except sdk_tools.NotMeasured as exc:
+        return {}, skipped(THROUGHPUT, str(exc))
+    except sdk_tools.RunnerFailed as exc:
         return {}, dg.AssetCheckResult(check_name=THROUGHPUT, passed=False, description=str(exc),
-                                       metadata={"command": dg.MetadataValue.text(" ".join(argv))})
-    numbers = {"inferences_per_s": stats.inferences_per_s, "runner_activations": activations,
+                                       metadata={"command": dg.MetadataValue.text(" ".join(exc.argv))})
+    stats, opts = measured.stats, project.throughput_check
+    numbers = {"inferences_per_s": stats.inferences_per_s, "runner_activations": measured.activations,
                "runner_inferences": stats.inferences, "runner_duration_s": stats.duration_us / 1e6}
+    command = {"command": dg.MetadataValue.text(" ".join(measured.argv))}
     result = dg.AssetCheckResult(check_name=THROUGHPUT, passed=True,
                                  description=f"{stats.inferences_per_s:g} inferences/s on QID {opts.device}",
-                                 metadata=numbers | {"command": dg.MetadataValue.text(" ".join(argv))})
+                                 metadata=numbers | command)
     return numbers, result
 
 

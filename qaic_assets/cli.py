@@ -1,5 +1,5 @@
 """`qaic-assets`: plan (dry run of the exact commands), lineage, status (binaries not current), register,
-import-command, canary (a candidate SDK)."""
+import-command, canary (a candidate SDK), prune (superseded runs)."""
 
 from __future__ import annotations
 
@@ -185,6 +185,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete the succeeded runs whose every asset event has a later one (orchestration/retention.py)."""
+    from qaic_assets.orchestration import build_definitions
+    from qaic_assets.orchestration.instance import open_instance
+    from qaic_assets.orchestration.retention import prune
+
+    defs = build_definitions(load_settings(args.config))
+    _dagster_home()
+    with open_instance() as instance:
+        done = prune(instance, defs, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"would delete {len(done.runs)} superseded runs (every asset event they hold has a later one); "
+              f"{done.kept} finished runs stay. Delete them: qaic-assets prune")
+        for run_id in done.runs:
+            print(f"  {run_id}")
+    else:
+        print(f"deleted {len(done.runs)} superseded runs ({done.bytes_freed / 2**20:.1f} MiB of run shards freed); "
+              f"{done.kept} finished runs stay")
+    return 0
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from qaic_assets.builder.service import BuildError
     from qaic_assets.orchestration.instance import open_instance
@@ -350,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "or their recompile failed): what their sdk_current check says")
     status.add_argument("--model", help="only these models, comma-separated (default: all)")
     status.set_defaults(func=cmd_status)
+
+    pru = sub.add_parser("prune", help="delete the succeeded runs whose every asset event has a later one "
+                         "(older builds, observations, check results); lineage and verdicts stay")
+    pru.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
+    pru.set_defaults(func=cmd_prune)
 
     can = sub.add_parser("canary", help="build every built partition with a candidate SDK and compare (nothing "
                          "served changes; promoting it then recompiles nothing)")

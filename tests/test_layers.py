@@ -101,7 +101,9 @@ NON_PUBLIC = {
     ("AutomationContext", "candidate_subset"): "documented in Dagster's custom-condition guide, not annotated",
     ("AutomationContext", "get_empty_subset"): "documented in Dagster's custom-condition guide, not annotated",
     ("DagsterInstance", "event_log_storage"): "a pool's limit set by `dagster instance concurrency set` (demo.py); "
-                                              "the latest sdk_current result of a partition (demo_upgrade.py)",
+                                              "the latest result of a check per partition "
+                                              "(orchestration/lineage.latest_check_by_partition: currency, "
+                                              "retention)",
     ("DagsterInstance", "global_op_concurrency_default_limit"): "dagster.yaml's default pool limit (demo.py)",
     ("DagsterInstance", "report_run_failed"): "marking a run whose worker process died, or that a demo now gone left "
                                               "unfinished, as failed (demo.py)",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dagster as dg
 
 from qaic_assets.orchestration.keys import SDK_CURRENT, binary_key
-from qaic_assets.orchestration.lineage import latest_by_partition
+from qaic_assets.orchestration.lineage import latest_by_partition, latest_check_by_partition
 from qaic_assets.orchestration.toolchain import DATA_VERSION_TAG, last_found_observation
 from qaic_assets.settings import Settings
 
@@ -138,14 +138,9 @@ def currency_job(config: Settings) -> dg.JobDefinition:
 def latest_currency(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, dg.AssetCheckEvaluation]:
     """partition -> the latest `sdk_current` result of that binary partition: what the asset's Checks
     tab shows, and what `qaic-assets status` and `lineage` print."""
-    # non-public: no public API reads check results (tests/test_layers.py NON_PUBLIC: event_log_storage)
-    history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(key, SDK_CURRENT),
-                                                                           limit=10_000)
-    latest: dict[str, dg.AssetCheckEvaluation] = {}
-    for record in history:  # newest first
-        if record.partition and record.event is not None and record.event.dagster_event is not None:
-            latest.setdefault(record.partition, record.event.dagster_event.event_specific_data)
-    return latest
+    records = latest_check_by_partition(instance, dg.AssetCheckKey(key, SDK_CURRENT))
+    return {partition: record.event.dagster_event.event_specific_data for partition, record in records.items()
+            if partition and record.event is not None and record.event.dagster_event is not None}
 
 
 def currency_line(result: dg.AssetCheckEvaluation) -> str:

@@ -43,6 +43,21 @@ def latest_by_partition(instance: dg.DagsterInstance, key: dg.AssetKey, partitio
     return found
 
 
+def latest_check_by_partition(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> dict:
+    """partition (None: an unpartitioned check) -> the latest execution record of that check, a page
+    of PAGE records per query."""
+    latest: dict = {}
+    cursor = None
+    while True:
+        # non-public: no public API reads check results (tests/test_layers.py NON_PUBLIC: event_log_storage)
+        page = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=PAGE, cursor=cursor)
+        for record in page:  # newest first
+            latest.setdefault(record.partition, record)
+        if len(page) < PAGE:
+            return latest
+        cursor = page[-1].id
+
+
 def _values(record, *names: str) -> dict:
     meta = record.asset_materialization.metadata
     values = {name: meta[name].value for name in names if name in meta}

@@ -190,7 +190,8 @@ def test_only_transient_build_failures_may_be_retried():
 
 
 @pytest.mark.parametrize("instance_yaml", ["dagster_home/dagster.yaml", "deploy/dagster.yaml"])
-def test_the_shipped_instances_send_no_telemetry_and_show_no_first_start_prompt(instance_yaml, tmp_path):
+def test_the_shipped_instances_send_no_telemetry_show_no_first_start_prompt_and_purge_old_ticks(instance_yaml,
+                                                                                                 tmp_path):
     import shutil
     from pathlib import Path
 
@@ -199,6 +200,8 @@ def test_the_shipped_instances_send_no_telemetry_and_show_no_first_start_prompt(
     source = Path(__file__).resolve().parents[2] / instance_yaml
     settings = yaml.safe_load(source.read_text())
     assert settings["telemetry"] == {"enabled": False} and settings["nux"] == {"enabled": False}
+    assert settings["retention"] == {"schedule": {"purge_after_days": 30},
+                                     "sensor": {"purge_after_days": {"skipped": 7, "failure": 30, "success": 30}}}
     if instance_yaml.startswith("dagster_home"):  # Dagster reads them as meant (the deploy one needs Postgres)
         shutil.copy(source, tmp_path / "dagster.yaml")
         with dg.DagsterInstance.from_config(str(tmp_path)) as instance:

@@ -1,8 +1,8 @@
 """The main job behind `make demo`: materialize the whole matrix in the local Dagster instance.
 
 Runs: observe `qaic_sdk`; `source_models`; one calibration run per model and batch partition; one
-compile run per model and (batch, target) partition (a model's failure fails its own runs only). Two
-runs go at once (as many as the `qaic_compile` pool allows), each
+compile run per model and batch over the range of its targets (a run's cost once for all of them; a
+model's failure fails its own runs only). Two runs go at once (as many as the `qaic_compile` pool allows), each
 in a run worker process of its own (forked from this one, which has imported dagster and the
 definitions already) that executes its steps one after another (Dagster's in-process executor): a
 run starts as soon as the runs it depends on have finished, so a core is never left waiting for
@@ -121,15 +121,17 @@ def job_for(name: str) -> dg.JobDefinition:
     return defs.resolve_job_def(name)
 
 
-def run_job(instance: dg.DagsterInstance, name: str, partition: str | None = None,
+def run_job(instance: dg.DagsterInstance, name: str, partition: str | tuple[str, str] | None = None,
             max_concurrent: int = 2, method: str | None = None, *, tags: dict | None = None,
             asset_selection: list[dg.AssetKey] | None = None, in_process: bool = False) -> dg.ExecuteJobResult:
-    """One run of the named job, to its end. The result is not opened as a context manager: that would
-    initialise the run's resources again to load outputs (two more event writes per run), and the demo
-    reads only `success` and the event log."""
-    from qaic_assets.orchestration.jobs import partition_run_tags
+    """One run of the named job over `partition` (a key, or the (first, last) keys of a range), to its
+    end. The result is not opened as a context manager: that would initialise the run's resources
+    again to load outputs (two more event writes per run), and the demo reads only `success` and the
+    event log."""
+    from qaic_assets.orchestration.jobs import partition_run_tags, range_run_tags
 
-    tags = {**(tags or {}), **partition_run_tags(partition)}
+    where = range_run_tags(*partition) if isinstance(partition, tuple) else partition_run_tags(partition)
+    tags = {**(tags or {}), **where}
     job = dg.build_reconstructable_job(__name__, "job_for", reconstructable_args=(name,))
     config = run_config(max_concurrent, method, in_process=in_process)
     return dg.execute_job(job, instance=instance, run_config=config, tags=tags, asset_selection=asset_selection)
@@ -190,35 +192,43 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
-def _worker_run(job: str, partition: str | None, token: str, keys: list[list[str]], demo_pid: int) -> bool:
-    """One demo run in a run worker, its steps one after another in this process."""
-    tags = {DEMO_TAG: token, PROCESSES_TAG: f"{socket.gethostname()} {demo_pid} {os.getpid()}"}
-    result = run_job(_WORKER_INSTANCE, job, partition, tags=tags, asset_selection=[dg.AssetKey(k) for k in keys],
-                     in_process=True)
-    return result.success
+def _worker_run(job: str, partitions: list, tokens: list[str], keys: list[list[str]], demo_pid: int) -> bool:
+    """A planned demo run in a run worker: a Dagster run per partition or range of `partitions` (its
+    token in `tokens`), one after another, each run's steps one after another in this process."""
+    ok = True
+    for partition, token in zip(partitions, tokens):
+        tags = {DEMO_TAG: token, PROCESSES_TAG: f"{socket.gethostname()} {demo_pid} {os.getpid()}"}
+        partition = tuple(partition) if isinstance(partition, list) else partition
+        result = run_job(_WORKER_INSTANCE, job, partition, tags=tags, asset_selection=[dg.AssetKey(k) for k in keys],
+                         in_process=True)
+        ok = ok and result.success
+    return ok
 
 
 @dataclass
 class PlannedRun:
+    """A run of `job` over `partition` (None: unpartitioned), or over the range of `steps`' partitions,
+    in their order, when `ranged` (a compile run: a model's batch, every target of it)."""
+
     job: str
     partition: str | None
     steps: list[Step] = field(default_factory=list)
     after: tuple[int, ...] = ()  # indexes of the runs that must have finished before this one starts
+    ranged: bool = False
 
     @property
     def label(self) -> str:
         models = sorted({s.model for s in self.steps if s.model})
-        return f"{self.job} {self.partition or ''}".strip() + (f" ({models[0]})" if len(models) == 1 and
-                                                              self.partition else "")
+        where = f"{self.steps[0].partition}...{self.steps[-1].partition}" if self.ranged else self.partition or ""
+        return f"{self.job} {where}".strip() + (f" ({models[0]})" if len(models) == 1 and where else "")
 
 
 def plan_runs(config: Settings) -> list[PlannedRun]:
     """Every run of the default matrix, in dependency order, with the asset partitions each makes and
-    the runs each waits for: one run per model and partition (a model's failure fails its own runs
-    only, the other models' runs succeed), of the model's job; a calibration run waits for the SDK
-    observation and the sources; a compile run also for its batch's calibration run and the model's
-    compile runs of that batch before it (whose identical CPU builds it shares rather than builds
-    again)."""
+    the runs each waits for. Per model (a model's failure fails its own runs only, the other models'
+    runs succeed), of the model's jobs: one calibration run per batch, waiting for the SDK observation
+    and the sources; one compile run per batch, over the range of that batch's targets (one run's cost
+    for all of them, docs/BENCHMARKS.md), waiting also for its batch's calibration run."""
     from qaic_assets.orchestration.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
     runs = [PlannedRun(OBSERVE_JOB, None, [Step(SDK_KEY)]),
@@ -235,12 +245,11 @@ def plan_runs(config: Settings) -> list[PlannedRun]:
                 for b in matrix.batch_keys:
                     calibration[b] = len(runs)
                     runs.append(PlannedRun(calib_job, b, [Step(profile_key(m), m, b)], first))
-            after_by_batch: dict[str, tuple[int, ...]] = {}
-            for p in matrix.binary_partitions:
-                b = p.batch_key
-                after = after_by_batch.get(b) or (*first, *([calibration[b]] if b in calibration else []))
-                runs.append(PlannedRun(compile_job, p.key, [Step(binary_key(m), m, p.key)], after))
-                after_by_batch[b] = (*after, len(runs) - 1)
+            for b in matrix.batch_keys:
+                after = (*first, *([calibration[b]] if b in calibration else []))
+                steps = [Step(binary_key(m), m, f"{b}|{t}") for t in matrix.targets]  # the partitions' order
+                runs.append(PlannedRun(compile_job, steps[0].partition if len(steps) == 1 else None, steps, after,
+                                       ranged=len(steps) > 1))
     return runs
 
 
@@ -249,10 +258,35 @@ def step_label(step: Step) -> str:
     return f"{what} {step.partition}" if step.partition else what
 
 
-def _step_keys(defs: dg.Definitions, steps: list[Step]) -> dict[str, Step]:
-    """Dagster's step key of each asset (its op name), as the event log names it."""
+def _labels(defs: dg.Definitions, steps: list[Step], ranged: bool) -> dict:
+    """What a run's follower reports: Dagster's step key of each asset (its op name, as the event log
+    names it) -> the step's label, or, in a range run, -> {partition: label}."""
     graph = defs.resolve_asset_graph()
-    return {graph.get(s.key).assets_def.node_def.name: s for s in steps}
+    labels: dict = {}
+    for s in steps:
+        name = graph.get(s.key).assets_def.node_def.name
+        if ranged:
+            labels.setdefault(name, {})[s.partition] = step_label(s)
+        else:
+            labels[name] = step_label(s)
+    return labels
+
+
+def stretches(run: PlannedRun, stale: list[Step]) -> list[tuple[str | tuple[str, str] | None, list[Step]]]:
+    """The Dagster runs that make a planned run's stale steps, each with its steps: the run itself; in
+    a range run, a run per stretch of consecutive stale partitions (a partition, or its (first, last)
+    keys), so that no run records again what is up to date."""
+    if not run.ranged:
+        return [(run.partition, stale)]
+    out, current = [], []
+    for step in run.steps + [None]:
+        if step is not None and step in stale:
+            current.append(step)
+        elif current:
+            first, last = current[0].partition, current[-1].partition
+            out.append((first if len(current) == 1 else (first, last), current))
+            current = []
+    return out
 
 
 #: Runs going at once at most, each in a run worker process (Dagster sets a run's logging up
@@ -415,13 +449,14 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
             progress.run_done()
             outcomes[i] = True
             return
-        workers_now = run_workers()  # before the follower's thread: then the workers can be forked
-        token = uuid.uuid4().hex
-        labels = {key: step_label(s) for key, s in _step_keys(defs, stale).items()}
-        follower = RunFollower(instance, (DEMO_TAG, token), labels, progress).__enter__()
-        future = workers_now.submit(_worker_run, run.job, run.partition, token, [list(s.key.path) for s in stale],
-                                    os.getpid())
-        going[future] = (i, token, follower)
+        workers_now = run_workers()  # before the followers' threads: then the workers can be forked
+        parts = stretches(run, stale)
+        tokens = [uuid.uuid4().hex for _ in parts]
+        followers = [RunFollower(instance, (DEMO_TAG, token), _labels(defs, steps, isinstance(part, tuple)),
+                                 progress).__enter__() for token, (part, steps) in zip(tokens, parts)]
+        future = workers_now.submit(_worker_run, run.job, [part for part, _ in parts], tokens,
+                                    sorted({tuple(s.key.path) for s in stale}), os.getpid())
+        going[future] = (i, tokens, followers)
 
     try:
         while len(outcomes) < len(runs):
@@ -435,25 +470,29 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
             for future in finished:
                 if future not in going:  # relaunched after its pool broke (below)
                     continue
-                i, token, follower = going.pop(future)
+                i, tokens, followers = going.pop(future)
                 try:
                     outcomes[i] = future.result()
                 except BrokenProcessPool as exc:  # the worker died mid-run: a new pool for the rest
-                    _fail_lost_run(instance, token, f"the demo's run worker died: {exc}")
+                    for token in tokens:
+                        _fail_lost_run(instance, token, f"the demo's run worker died: {exc}")
                     outcomes[i] = False
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = None
                     for other in list(going):  # the other runs of the broken pool go again
-                        j, other_token, other_follower = going.pop(other)
-                        _fail_lost_run(instance, other_token, "the demo's other run worker died; run again")
-                        other_follower.__exit__(None, None, None)
+                        j, other_tokens, other_followers = going.pop(other)
+                        for token, follower in zip(other_tokens, other_followers):
+                            _fail_lost_run(instance, token, "the demo's other run worker died; run again")
+                            follower.__exit__(None, None, None)
                         launch(j)
-                follower.__exit__(None, None, None)
+                for follower in followers:
+                    follower.__exit__(None, None, None)
                 progress.run_done()
     except Interrupted as stop:
-        stop.canceled = _cancel_runs(instance, [token for _, token, _ in going.values()], pool, stop.signum)
-        for _, _, follower in going.values():
-            follower.close(note="the run was canceled")
+        stop.canceled = _cancel_runs(instance, [t for _, tokens, _ in going.values() for t in tokens], pool, stop.signum)
+        for _, _, followers in going.values():
+            for follower in followers:
+                follower.close(note="the run was canceled")
         raise
     finally:
         if pool is not None:

@@ -118,3 +118,12 @@ def wrap_compiler(sdk: Path, body: str) -> None:
 def run_messages(project, run_id: str) -> list[str]:
     """The user messages of a run's events."""
     return [r.user_message or "" for r in project.instance.all_logs(run_id)]
+
+
+def run_partitions(run: dg.DagsterRun) -> str | None:
+    """A run's partition, or its range as "first...last" (a compile run of the demo), from its tags."""
+    from qaic_assets.orchestration.jobs import RANGE_END_TAG, RANGE_START_TAG
+
+    if RANGE_START_TAG in run.tags:
+        return f"{run.tags[RANGE_START_TAG]}...{run.tags[RANGE_END_TAG]}"
+    return run.tags.get("dagster/partition")

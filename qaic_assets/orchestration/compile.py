@@ -47,6 +47,16 @@ def not_applicable(name: str, backend: str) -> dg.AssetCheckResult:
     return skipped(name, NOT_APPLICABLE[backend][name])
 
 
+def range_failure(failed: list[tuple[str, service.BuildError]], total: int) -> service.BuildError:
+    """The failure of a range step: each failed partition and the first line of its message (the whole
+    message is in the step's log; the first failure's command and log tail in the failure's metadata);
+    the built partitions are recorded."""
+    message = f"{len(failed)} of {total} partitions failed: " + "; ".join(
+        f"{key}: {str(exc).splitlines()[0]}" for key, exc in failed)
+    details = failed[0][1].details
+    return service.BuildError(message, details, transient=all(exc.transient for _, exc in failed))
+
+
 def compile_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
     cfg = project.model(model)
     deps = [dg.AssetDep(source_key(model)), dg.AssetDep(SDK_KEY)]
@@ -90,25 +100,64 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         op_tags=op_tags,
         check_specs=check_specs,
         can_subset=True,
+        # a run may build a range of partitions (the demo: a model's batch; the automation: what it
+        # requests), each recorded as its own materialization: one run's cost, not one per partition
+        backfill_policy=dg.BackfillPolicy.single_run(),
     )
     def compiled_binary(context: dg.AssetExecutionContext, config: BuildOptions, toolchain: Toolchain,
-                        artifact_store: ArtifactStore) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+                        artifact_store: ArtifactStore) -> Iterator:
         settings = effective_settings(project, toolchain, artifact_store)
         tag_automation_run(context)
-        with as_failure():
+        selected = {key.name for key in context.selected_asset_check_keys}
+        keys = context.partition_keys  # one partition, or a range (BackfillPolicy.single_run)
+        built, failed = [], []  # (partition, metadata, check results); (partition, BuildError)
+        for key in keys:
+            with as_failure():
+                try:
+                    target = binary_partition(key)
+                except ValueError as exc:
+                    raise service.BuildError(str(exc)) from exc
             try:
-                target = binary_partition(context.partition_key)
-            except ValueError as exc:
-                raise service.BuildError(str(exc)) from exc
-            try:
-                built = service.compile_binary(settings, model, target, run_id=context.run.run_id,
-                                               force=config.force, log=context.log)
+                built.append((key, *build_partition(context, settings, config, target, selected)))
             except service.BuildError as exc:
                 if not exc.transient:
                     report_failed_recompile(context, binary_key(model), target.key, str(exc))
-                raise
+                if len(keys) == 1:
+                    with as_failure():
+                        raise
+                failed.append((key, exc))
+                context.log.error(f"{key}: {exc}")
+        if len(keys) == 1:  # one partition: its sha256 is its data version, its check results are Dagster's
+            key, metadata, checks = built[0]
+            yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
+                                       data_version=dg.DataVersion(metadata["sha256"]))
+            yield from checks
+            return
+        # a range: one materialization per built partition, each with its own metadata; the check results
+        # name their partition (an AssetCheckResult of a range step would name none)
+        if not failed:
+            for key, metadata, _ in built:
+                context.add_asset_metadata(metadata, asset_key=binary_key(model), partition_key=key)
+            yield dg.MaterializeResult(asset_key=binary_key(model))
+        else:  # what was built is recorded before the step fails
+            for key, metadata, _ in built:
+                yield dg.AssetMaterialization(asset_key=binary_key(model), partition=key, metadata=metadata,
+                                              tags={"dagster/code_version": context.assets_def.code_versions_by_key[binary_key(model)]})
+        for key, _, checks in built:
+            for check in checks:
+                yield dg.AssetCheckEvaluation(asset_key=binary_key(model), check_name=check.check_name,
+                                              passed=check.passed, metadata=check.metadata, severity=check.severity,
+                                              description=check.description, partition=key)
+        if failed:
+            with as_failure():
+                raise range_failure(failed, len(keys))
+
+    def build_partition(context, settings: Settings, config: BuildOptions, target, selected: set[str]):
+        """Build one partition: (its materialization metadata, its check results)."""
+        built = service.compile_binary(settings, model, target, run_id=context.run.run_id, force=config.force,
+                                       log=context.log)
         manifest = built.manifest
-        record_first_observation(context, manifest)
+        record_first_observation(context, manifest, target.key)
         batch, nsp, partition = target.batch, target.nsp, target.key
         metadata = build_metadata(settings, manifest, built.cached) | {
             "model_sha256": built.source.sha256, "model": dg.MetadataValue.asset(source_key(model)),
@@ -145,7 +194,6 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         previous = built.previous
         if previous and not built.cached and previous.get("sdk_version") != manifest["sdk_version"]:
             metadata |= service.upgrade_report(previous, manifest)
-        selected = {key.name for key in context.selected_asset_check_keys}
         check_results = []
         if manifest["backend"] == "qaic":  # the SDK's tools check what the SDK built
             sdk_metadata, check_results = run_sdk_checks(
@@ -168,10 +216,8 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         metadata["lineage"] = lineage_block(settings, model, partition, manifest, run_id=context.run.run_id,
                                             profile_partition=profile_partition, check=accuracy,
                                             same_build_as=built.same_build_as)
-        yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
-                                   data_version=dg.DataVersion(manifest["output"]["sha256"]))
-        yield from check_results
         if SDK_CURRENT in selected:
-            yield dg.AssetCheckResult(check_name=SDK_CURRENT, **current_verdict(context.instance, metadata))
+            check_results.append(dg.AssetCheckResult(check_name=SDK_CURRENT, **current_verdict(context.instance, metadata)))
+        return metadata, check_results
 
     return compiled_binary

@@ -50,6 +50,15 @@ def build_jobs(config: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
     ] + [dg.define_asset_job(name, selection=keys) for name, keys in selections.items()] + canary
 
 
+#: Dagster's tags of a run over a range of partitions (a single-run backfill's), first and last key
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def range_run_tags(first: str, last: str) -> dict[str, str]:
+    """Tags of a run over the partitions first..last, in the partitions definition's order."""
+    return {RANGE_START_TAG: first, RANGE_END_TAG: last}
+
+
 def partition_run_tags(partition: str | None) -> dict[str, str]:
     """Tags of a run of one partition. `dagster/partition` alone is enough to run it (scripts and the
     GraphQL API send only that); a binary partition also gets its dimensions under Dagster's public

@@ -48,6 +48,9 @@ class PlainProgress:
     def step_started(self, label: str) -> None:
         pass
 
+    def step_ended(self, label: str) -> None:
+        """A started label that is not a step of its own ended (a range step: its partitions are)."""
+
     def tick(self) -> None:
         """Called after each poll of a running run (a live display redraws: its clocks move)."""
 
@@ -111,6 +114,11 @@ class LiveProgress(PlainProgress):
             self.running[label] = time.monotonic()
             self.progress.refresh()
 
+    def step_ended(self, label: str) -> None:
+        with self._lock:
+            self.running.pop(label, None)
+            self.progress.refresh()
+
     def tick(self) -> None:
         with self._lock:
             self.progress.refresh()
@@ -136,7 +144,8 @@ def progress_for(total_runs: int, total_steps: int, out: TextIO | None = None) -
     return (LiveProgress if tty else PlainProgress)(total_runs, total_steps, out)
 
 
-_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
+           dg.DagsterEventType.ASSET_MATERIALIZATION}
 
 
 def _failure_note(event) -> str:
@@ -150,8 +159,10 @@ def _failure_note(event) -> str:
 
 
 class RunFollower:
-    """Follows the steps of the run tagged `tag` in a thread; `finish()` reads the rest of its events
-    (after the run returned) and reports the steps that never ran."""
+    """Follows the steps of the run tagged `tag` in a thread; `close()` reads the rest of its events
+    (after the run returned) and reports the steps that never ran. `labels`: Dagster's step key ->
+    its label, or, for a step over a range of partitions, -> {partition: label}: a line per partition
+    as its materialization is recorded (its seconds: the build's own, from the metadata)."""
 
     #: a step's line is at most this late; each poll is two storage queries in the demo process,
     #: beside compilers that want both cores
@@ -181,7 +192,9 @@ class RunFollower:
         self._thread.join()
         self._poll()  # the events written after the last poll
         for step, label in self.labels.items():
-            if step not in self.done:
+            if isinstance(label, dict):
+                self._end_range(step, NOT_RUN, note)
+            elif step not in self.done:
                 self.progress.step_done(label, NOT_RUN, note=note)
 
     def _loop(self) -> None:
@@ -207,12 +220,32 @@ class RunFollower:
             if not conn.has_more:
                 return
 
+    @staticmethod
+    def _range_label(labels: dict) -> str:
+        first, *rest = labels.values()
+        return f"{first} and {len(rest)} more" if rest else first
+
+    def _end_range(self, step: str, status: str, note: str = "") -> None:
+        """A range step ended: its partitions without a materialization get `status`."""
+        if step in self.done:
+            return
+        self.done.add(step)
+        for partition, label in self.labels[step].items():
+            if (step, partition) not in self.done:
+                self.progress.step_done(label, status, note=note)
+        self.progress.step_ended(self._range_label(self.labels[step]))
+
     def _handle(self, entry) -> None:
         event = entry.dagster_event
         step = event.step_key if event else None
         if step not in self.labels or step in self.done:
             return
         label = self.labels[step]
+        if isinstance(label, dict):
+            self._handle_range(step, entry, event)
+            return
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            return
         if event.event_type == dg.DagsterEventType.STEP_START:
             self.started[step] = entry.timestamp
             self.progress.step_started(label)
@@ -225,3 +258,20 @@ class RunFollower:
             self.failed[step] = _failure_note(event)
             self.progress.step_done(label, FAILED, seconds, self.failed[step])
 
+    def _handle_range(self, step: str, entry, event) -> None:
+        labels = self.labels[step]
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            self.started[step] = entry.timestamp
+            self.progress.step_started(self._range_label(labels))
+        elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.event_specific_data.materialization
+            partition = materialization.partition
+            if partition in labels and (step, partition) not in self.done:
+                self.done.add((step, partition))
+                took = materialization.metadata.get("duration_s")
+                self.progress.step_done(labels[partition], OK, took.value if took is not None else None)
+        elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+            self._end_range(step, OK)
+        else:
+            self.failed[step] = _failure_note(event)
+            self._end_range(step, FAILED, self.failed[step])

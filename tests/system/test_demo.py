@@ -15,6 +15,7 @@ import dagster as dg
 from conftest import write_tiny_project
 from qaic_assets.demo import demo_log
 from fake_sdk import read_calls
+from helpers import run_partitions
 
 STEP = re.compile(r"^\[(ok|up to date|FAILED|not run)\] (\S+)(?: ([^\s(]\S*))?")
 
@@ -132,8 +133,9 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
 
 
 def test_one_models_failure_fails_its_own_runs_only(tmp_path):
-    """A run per model and partition: tiny2's calibration fails (the stand-in SDK's fault switch), so
-    its runs fail; tiny's runs, the same batch and targets, succeed; the message is one line per step."""
+    """Runs per model (a calibration run per batch, a compile run per batch over its targets): tiny2's
+    calibration fails (the stand-in SDK's fault switch), so its runs fail; tiny's runs, the same batch
+    and targets, succeed; the message is one line per step."""
     from qaic_assets.standin_sdk import set_failing_models
 
     project = write_tiny_project(tmp_path / "project", batch=[1])
@@ -145,8 +147,8 @@ def test_one_models_failure_fails_its_own_runs_only(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     failed_runs = next(line for line in done.stdout.splitlines() if line.startswith("failed runs: "))
     assert failed_runs.split(" (details")[0] == (
-        "failed runs: calibration_profiles bs1 (tiny2), compiled_binaries bs1|offline-nsp14 (tiny2), "
-        "compiled_binaries bs1|singlestream-nsp14 (tiny2)")
+        "failed runs: calibration_profiles bs1 (tiny2), compiled_binaries bs1|offline-nsp14...bs1|singlestream-nsp14 "
+        "(tiny2)")
     assert "2/4 compiled binaries built, 2 failed: tiny2 bs1|offline-nsp14, tiny2 bs1|singlestream-nsp14" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     with dg.DagsterInstance.from_config(str(project.home)) as instance:
@@ -154,11 +156,11 @@ def test_one_models_failure_fails_its_own_runs_only(tmp_path):
         for record in instance.get_run_records():
             run = record.dagster_run
             models = {key.path[0] for key in run.asset_selection or ()} - {"qaic_sdk"}
-            if run.tags.get("dagster/partition"):
-                statuses[(models.pop(), run.tags["dagster/partition"])] = run.status.value
-    assert statuses == {("tiny", "bs1"): "SUCCESS", ("tiny", "bs1|offline-nsp14"): "SUCCESS",
-                        ("tiny", "bs1|singlestream-nsp14"): "SUCCESS", ("tiny2", "bs1"): "FAILURE",
-                        ("tiny2", "bs1|offline-nsp14"): "FAILURE", ("tiny2", "bs1|singlestream-nsp14"): "FAILURE"}
+            if partitions := run_partitions(run):
+                statuses[(models.pop(), partitions)] = run.status.value
+    targets = "bs1|offline-nsp14...bs1|singlestream-nsp14"
+    assert statuses == {("tiny", "bs1"): "SUCCESS", ("tiny", targets): "SUCCESS",
+                        ("tiny2", "bs1"): "FAILURE", ("tiny2", targets): "FAILURE"}
 
 
 def test_on_a_terminal_dagster_output_still_goes_to_the_log(tmp_path):
@@ -226,3 +228,19 @@ def test_a_model_name_with_dashes_and_a_matrix_of_its_own_builds_in_the_demo(tmp
     steps = {(what, part) for status, what, part in _steps(done.stdout) if status == "ok"}
     assert ("my-tiny.v2/compiled_binary", "bs2|offline-nsp14") in steps
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_range_run_with_up_to_date_partitions_is_split_into_runs_of_the_stale_stretches():
+    from qaic_assets.demo import PlannedRun, stretches
+    from qaic_assets.orchestration.keys import binary_key
+    from qaic_assets.orchestration.up_to_date import Step
+
+    steps = [Step(binary_key("m"), "m", f"bs1|{t}") for t in ("a", "b", "c", "d", "e")]
+    run = PlannedRun("compiled_binaries", None, steps, ranged=True)
+    a, b, c, d, e = steps
+    assert stretches(run, [a, c, d]) == [("bs1|a", [a]), (("bs1|c", "bs1|d"), [c, d])]
+    assert stretches(run, steps) == [(("bs1|a", "bs1|e"), steps)]
+    assert stretches(run, [e]) == [("bs1|e", [e])]
+    single = PlannedRun("compiled_binaries", "bs1|a", [a])
+    assert stretches(single, [a]) == [("bs1|a", [a])]
+    assert run.label == "compiled_binaries bs1|a...bs1|e (m)"

@@ -11,6 +11,7 @@ import yaml
 from conftest import write_tiny_project
 from qaic_assets.demo import demo_log
 from fake_sdk import read_calls, read_exits
+from helpers import run_partitions
 from test_demo import _demo, _steps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,10 +31,11 @@ def test_a_run_worker_that_dies_fails_its_run_and_the_demo_goes_on(tmp_path, mon
     assert any(line.startswith("[not run] tiny/calibration_profile bs1") for line in done.stdout.splitlines())
     assert "failed runs: calibration_profiles bs1" in done.stdout
     with dg.DagsterInstance.from_config(str(project.home)) as instance:
-        runs = {(r.job_name, r.tags.get("dagster/partition")): r for r in instance.get_runs()}
+        runs = {(r.job_name, run_partitions(r)): r for r in instance.get_runs()}
         assert runs[("calibration_profiles", "bs1")].status == dg.DagsterRunStatus.FAILURE
         # launched after the failure, on a new worker: they ran (and failed: no profile)
-        assert runs[("compiled_binaries", "bs1|offline-nsp14")].status == dg.DagsterRunStatus.FAILURE
+        assert runs[("compiled_binaries", "bs1|offline-nsp14...bs1|singlestream-nsp14")].status == \
+            dg.DagsterRunStatus.FAILURE
         assert all(r.is_finished for r in runs.values())
     # new workers were started for the runs after the failure, from the forkserver (its preload of
     # dagster and the definitions made them able to run steps)

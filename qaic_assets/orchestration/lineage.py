@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -76,13 +77,15 @@ def lineage(instance: dg.DagsterInstance, model: str, partition: str) -> dict:
     if binaries:
         rec = binaries[0]
         chain["binary"] = {
-            **_values(rec, "path", "sha256", "size_bytes", "backend", "sdk_version", "argv",
+            **_values(rec, "path", "sha256", "size_bytes", "backend", "sdk_version", "command",
                       "duration_s", "cached", "built_by_run", "same_build_as", "registered_from", "previous_sdk_version",
                       "previous_size_bytes", "previous_duration_s", "size_change_pct",
                       "duration_change_pct"),
             "run_id": rec.run_id or "(registered, no run)",
             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.timestamp)),
         }
+        if "command" in chain["binary"]:  # recorded shell-quoted once: the argv is its exact split
+            chain["binary"]["argv"] = shlex.split(chain["binary"].pop("command"))
         used_profile = rec.asset_materialization.metadata.get("profile_sha256")
         used_model = rec.asset_materialization.metadata.get("model_sha256")
         batch = BinaryPartition.parse(partition).batch_key

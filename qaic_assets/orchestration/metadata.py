@@ -40,8 +40,9 @@ def resolve(metadata: dict, name: str = "path") -> Path:
 
 
 def command_metadata(argv: list[str]) -> dict:
-    """The argv as a list, and one line a human can paste into a shell."""
-    return {"command": dg.MetadataValue.text(shlex.join(argv)), "argv": dg.MetadataValue.json(list(argv))}
+    """The argv as one line a human can paste into a shell (shell-quoted: `shlex.split` gives the argv
+    back exactly; the list itself is in the manifest beside the output, not repeated per event)."""
+    return {"command": dg.MetadataValue.text(shlex.join(argv))}
 
 
 def labels(**facts: object) -> dict:
@@ -112,12 +113,16 @@ def lineage_block(config: Settings, model: str, partition: str, manifest: dict, 
 
 
 def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
-    """Materialization metadata from the manifest: measurements as numbers (the UI plots them), the
-    argv as a list plus one shell-quoted line, paths relative to `storage_root` (given once); the
+    """Materialization metadata from the manifest, each fact once (every partition's event repeats it,
+    docs/BENCHMARKS.md): measurements as numbers (the UI plots them), the argv as one shell-quoted line,
+    the compiler's log as its path (a failure's tail is in the failure), paths relative to
+    `storage_root` (given once); the
     SDK versions are the manifest's (those read under the output's lock, builder/service.ran_sdk), and
     what the compiler wrote outside its output directory is named (`stray_outputs`)."""
     output = manifest["output"]
     strays = {"stray_outputs": dg.MetadataValue.json(manifest["strays"])} if manifest.get("strays") else {}
+    if manifest.get("log"):
+        strays["compiler_log"] = stored_path(config, manifest["log"]["path"])
     canary = (manifest.get("cached_from") or {}).get("canary")
     if canary:  # copied from the build cache: what the SDK canary built before this SDK was promoted
         strays["from_canary"] = dg.MetadataValue.text(f"built by the SDK canary run {canary['run_id']} for "
@@ -133,7 +138,6 @@ def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
         "size_bytes": output["size_bytes"],
         "duration_s": float(manifest["duration_s"]),
         "peak_rss_mb": round(manifest["peak_rss_bytes"] / 2**20, 1),
-        "log_tail": dg.MetadataValue.md("```\n" + "\n".join(manifest["log_tail"]) + "\n```"),
         "worker": manifest["worker"],
         "cached": cached,
         "built_by_run": manifest["run_id"],

@@ -72,9 +72,10 @@ def test_binary_metadata_types_and_lineage_block(cpu_project):
         assert isinstance(meta[name], dg.TextMetadataValue) and meta[name].value == value
     assert isinstance(meta["size_bytes"], dg.IntMetadataValue)
     assert isinstance(meta["duration_s"], dg.FloatMetadataValue)
-    # argv as a list plus one pasteable line; no third copy
-    assert meta["argv"].value == manifest["argv"]
+    # the argv as one pasteable line, said once (the list is the manifest's); the log as its path
+    assert "argv" not in meta and "log_tail" not in meta
     assert isinstance(meta["command"], dg.TextMetadataValue) and shlex.split(meta["command"].value) == manifest["argv"]
+    assert meta["compiler_log"].value == "digits/compiled/bs2/offline-nsp14/compiler.log"
     # paths relative to the storage root, given once
     assert meta["storage_root"].value == str(settings.storage_root)
     assert meta["path"].value == "digits/compiled/bs2/offline-nsp14/elfs/programqpc.onnx"

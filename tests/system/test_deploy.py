@@ -592,7 +592,7 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
         entry = dg.deserialize_value(event, dg.EventLogEntry)
         in_db.setdefault((json.loads(asset_key)[0], partition), []).append(entry.asset_materialization)
     assert set(in_db) == expected, sorted(in_db, key=str)
-    run_fields = {"command", "argv", "backend", "sdk_version", "duration_s", "peak_rss_mb", "log_tail",
+    run_fields = {"command", "compiler_log", "backend", "sdk_version", "duration_s", "peak_rss_mb",
                   "worker", "sha256", "size_bytes", "path"}
     for (m, p), materializations in in_db.items():
         assert len(materializations) == 1, f"{m} {p} materialized {len(materializations)} times"

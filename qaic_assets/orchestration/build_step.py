@@ -8,6 +8,7 @@ turns that into a `dg.Failure` carrying the command and the log tail. Metadata: 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import dagster as dg
@@ -66,3 +67,35 @@ def as_failure() -> Iterator[None]:
         # from None: the message says what failed and how to fix it, the metadata carries the command and
         # the log tail; the builder's own traceback would follow it in the UI as noise
         raise dg.Failure(description=str(exc), metadata=metadata, allow_retries=False) from None
+
+
+class CollectedLog:
+    """The builder's log during a step that builds a range of partitions: each partition's info lines
+    (the command, a cache hit) are kept, prefixed with the partition, and written as one log event by
+    `flush()`; warnings and errors go out at once. Every log line of a step is an event write (two
+    SQLite connections on the embedded instance), and a range builds many partitions."""
+
+    def __init__(self, log):
+        self.target, self.prefix, self.lines = log, "", []
+
+    def info(self, message: str) -> None:
+        self.lines.append(f"{self.prefix}{message}")
+
+    debug = info
+
+    def warning(self, message: str) -> None:
+        self.target.warning(f"{self.prefix}{message}")
+
+    def error(self, message: str) -> None:
+        self.target.error(f"{self.prefix}{message}")
+
+    def log(self, level: int, message: str) -> None:  # the compiler's output, forwarded (builder/output_stream.py)
+        if level >= logging.WARNING:
+            self.target.log(level, f"{self.prefix}{message}")
+        else:
+            self.info(message)
+
+    def flush(self) -> None:
+        if self.lines:
+            self.target.info("\n".join(self.lines))
+            self.lines = []

@@ -23,7 +23,7 @@ from qaic_assets.orchestration.metadata import build_metadata, labels, lineage_b
 from qaic_assets.orchestration.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.orchestration.automation import tag_automation_run
-from qaic_assets.orchestration.build_step import BuildOptions, as_failure, code_version, asset_attributes
+from qaic_assets.orchestration.build_step import BuildOptions, CollectedLog, as_failure, code_version, asset_attributes
 from qaic_assets.orchestration.currency import current_verdict, report_failed_recompile
 from qaic_assets.orchestration.sdk_checks import FITS_TARGET, THROUGHPUT, run_sdk_checks, sdk_check_specs, skipped
 from qaic_assets.orchestration.toolchain import record_first_observation
@@ -111,14 +111,17 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         selected = {key.name for key in context.selected_asset_check_keys}
         keys = context.partition_keys  # one partition, or a range (BackfillPolicy.single_run)
         built, failed = [], []  # (partition, metadata, check results); (partition, BuildError)
+        log = context.log if len(keys) == 1 else CollectedLog(context.log)
         for key in keys:
+            if isinstance(log, CollectedLog):
+                log.prefix = f"{key}: "
             with as_failure():
                 try:
                     target = binary_partition(key)
                 except ValueError as exc:
                     raise service.BuildError(str(exc)) from exc
             try:
-                built.append((key, *build_partition(context, settings, config, target, selected)))
+                built.append((key, *build_partition(context, log, settings, config, target, selected)))
             except service.BuildError as exc:
                 if not exc.transient:
                     report_failed_recompile(context, binary_key(model), target.key, str(exc))
@@ -126,7 +129,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
                     with as_failure():
                         raise
                 failed.append((key, exc))
-                context.log.error(f"{key}: {exc}")
+                log.error(str(exc))
         if len(keys) == 1:  # one partition: its sha256 is its data version, its check results are Dagster's
             key, metadata, checks = built[0]
             yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
@@ -135,14 +138,15 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             return
         # a range: one materialization per built partition, each with its own metadata; the check results
         # name their partition (an AssetCheckResult of a range step would name none)
+        log.flush()
         if not failed:
             for key, metadata, _ in built:
                 context.add_asset_metadata(metadata, asset_key=binary_key(model), partition_key=key)
             yield dg.MaterializeResult(asset_key=binary_key(model))
         else:  # what was built is recorded before the step fails
+            code = {"dagster/code_version": context.assets_def.code_versions_by_key[binary_key(model)]}
             for key, metadata, _ in built:
-                yield dg.AssetMaterialization(asset_key=binary_key(model), partition=key, metadata=metadata,
-                                              tags={"dagster/code_version": context.assets_def.code_versions_by_key[binary_key(model)]})
+                yield dg.AssetMaterialization(asset_key=binary_key(model), partition=key, metadata=metadata, tags=code)
         for key, _, checks in built:
             for check in checks:
                 yield dg.AssetCheckEvaluation(asset_key=binary_key(model), check_name=check.check_name,
@@ -152,10 +156,10 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             with as_failure():
                 raise range_failure(failed, len(keys))
 
-    def build_partition(context, settings: Settings, config: BuildOptions, target, selected: set[str]):
+    def build_partition(context, log, settings: Settings, config: BuildOptions, target, selected: set[str]):
         """Build one partition: (its materialization metadata, its check results)."""
         built = service.compile_binary(settings, model, target, run_id=context.run.run_id, force=config.force,
-                                       log=context.log)
+                                       log=log)
         manifest = built.manifest
         record_first_observation(context, manifest, target.key)
         batch, nsp, partition = target.batch, target.nsp, target.key

@@ -45,6 +45,10 @@ def test_a_range_run_records_each_partition_with_its_own_metadata_and_checks(tin
     assert {partition for _, partition in checks} == {FIRST, LAST}
     runs = project.instance.get_run_records()
     assert len([r for r in runs if r.dagster_run.job_name == "compiled_binaries"]) == 1
+    # the builder's lines (each partition's command), one log event for the range, not one per line
+    (lines,) = [e.user_message for e in project.instance.all_logs(result.run_id)
+                if e.dagster_event is None and f"{FIRST}: $ " in e.user_message]
+    assert f"\n{LAST}: $ " in lines
 
 
 def test_a_failed_partition_fails_the_step_naming_it_and_the_built_ones_are_recorded(tiny_project, monkeypatch):

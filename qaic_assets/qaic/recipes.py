@@ -121,8 +121,10 @@ def recipe_code_version(recipe: str, scenarios: list[str], nsp: list[int], table
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@cache
 def physical_cores_per_socket(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
-    """The seed's detect,cpu figure behind -profiling-threads: physical cores of one socket."""
+    """The seed's detect,cpu figure behind -profiling-threads: physical cores of one socket. Read once
+    per process: planning asks it for every target (the kernel makes /proc/cpuinfo anew on each read)."""
     try:
         text = files.read_text(cpuinfo)
     except OSError:

@@ -413,14 +413,15 @@ def _cancel_runs(instance: dg.DagsterInstance, tokens: list[str], pool: ProcessP
 
 
 def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: str | None = None,
-                       progress: PlainProgress | None = None,
-                       workers: int | None = None) -> list[tuple[str, str | None, bool]]:
+                       progress: PlainProgress | None = None, workers: int | None = None,
+                       unchanged: dict | None = None) -> list[tuple[str, str | None, bool]]:
     """Every run of the default matrix, on `workers` run worker processes (default:
     run_workers_for(instance)): a run is launched once the runs it depends on have finished (a
     failed one included: its dependents then say what is missing). Whether a run's steps are up to
     date is decided just before it would launch; a run with nothing to do is not launched (success, no
     run). Returns (job, partition, success) in plan order. `method`: how the workers start (default:
-    worker_start_method())."""
+    worker_start_method()). `unchanged`, when given, receives the latest records the decisions read of
+    each asset no run of this call made (asset key -> partition -> record): still the latest."""
     from qaic_assets.definitions import defs
 
     runs = plan_runs(config)
@@ -429,7 +430,8 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     up_to_date = UpToDate(config, instance, {s.key: graph.get(s.key).code_version for r in runs for s in r.steps})
     progress = progress or PlainProgress(len(runs), sum(len(r.steps) for r in runs))
     outcomes: dict[int, bool] = {}
-    going: dict[Future, tuple[int, str, RunFollower]] = {}
+    launched: set[int] = set()  # the runs launched (not found up to date)
+    going: dict[Future, tuple[int, list[str], list[RunFollower]]] = {}
     pool: ProcessPoolExecutor | None = None
 
     def run_workers() -> ProcessPoolExecutor:
@@ -449,6 +451,7 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
             progress.run_done()
             outcomes[i] = True
             return
+        launched.add(i)
         workers_now = run_workers()  # before the followers' threads: then the workers can be forked
         parts = stretches(run, stale)
         tokens = [uuid.uuid4().hex for _ in parts]
@@ -497,18 +500,26 @@ def materialize_matrix(config: Settings, instance: dg.DagsterInstance, method: s
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    if unchanged is not None:
+        made = {s.key for i in launched for s in runs[i].steps}
+        unchanged.update({s.key: up_to_date.latest_records(s.key) for r in runs for s in r.steps
+                          if s.key not in made and up_to_date.latest_records(s.key) is not None})
     return [(run.job, run.partition, outcomes[i]) for i, run in enumerate(runs)]
 
 
-def built_table(config: Settings, instance: dg.DagsterInstance, steps: dict[str, str] | None = None) -> list[dict]:
-    """The latest materialization of every compiled partition, read back from the instance. A binary
-    whose step this demo ran and did not build (`steps`: step label -> progress status) is "failed",
-    even when an older build of it is stored."""
+def built_table(config: Settings, instance: dg.DagsterInstance, steps: dict[str, str] | None = None,
+                known: dict | None = None) -> list[dict]:
+    """The latest materialization of every compiled partition, read back from the instance (or from
+    `known`, asset key -> partition -> record, where the demo read them and nothing changed since).
+    A binary whose step this demo ran and did not build (`steps`: step label -> progress status) is
+    "failed", even when an older build of it is stored."""
     rows = []
     for model in config.model_names:
         key = binary_key(model)
         matrix = config.matrix_of(model)
-        latest = latest_by_partition(instance, key, [p.key for p in matrix.binary_partitions])  # a few queries
+        latest = (known or {}).get(key)
+        if latest is None:
+            latest = latest_by_partition(instance, key, [p.key for p in matrix.binary_partitions])  # a few queries
         for p in matrix.binary_partitions:
             partition = p.key
             record = latest.get(partition)
@@ -570,9 +581,10 @@ def _demo(config: Settings, log: Path, started: float) -> int:
             print(f"{orphans} run(s) left unfinished by an earlier demo that is gone: marked failed", flush=True)
         print(f"materializing {sum(len(r.steps) for r in runs)} steps in {len(runs)} runs "
               f"(steps already up to date launch no run); Dagster's own log: {log}", flush=True)
+        unchanged: dict = {}
         with dagster_output_to(log), progress_for(len(runs), sum(len(r.steps) for r in runs)) as progress:
-            outcomes = materialize_matrix(config, instance, progress=progress)
-        rows = built_table(config, instance, progress.statuses)
+            outcomes = materialize_matrix(config, instance, progress=progress, unchanged=unchanged)
+        rows = built_table(config, instance, progress.statuses, known=unchanged)
     print_table(rows)
     failed = [run.label for run, (_, _, ok) in zip(runs, outcomes) if not ok]
     built = [r for r in rows if r["status"] == "built"]

@@ -149,6 +149,10 @@ class UpToDate:
         sha, code_version = _recorded_values(record)
         return sha if code_version == self.code_versions.get(key, code_version) else None
 
+    def latest_records(self, key: dg.AssetKey) -> dict | None:
+        """partition -> latest record of an asset, as read for the decisions (None: not read)."""
+        return self._latest.get(key)
+
     def _partitions(self, key: dg.AssetKey) -> list[str]:
         """Every partition of a model's profile or binary asset in the configured matrix."""
         for model in self.config.model_names:

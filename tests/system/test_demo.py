@@ -244,3 +244,30 @@ def test_a_range_run_with_up_to_date_partitions_is_split_into_runs_of_the_stale_
     single = PlannedRun("compiled_binaries", "bs1|a", [a])
     assert stretches(single, [a]) == [("bs1|a", [a])]
     assert run.label == "compiled_binaries bs1|a...bs1|e (m)"
+
+
+def test_a_no_op_demo_prints_its_table_from_the_records_its_decisions_read(tmp_path, monkeypatch):
+    """Nothing changed: the second demo launches no run, and its closing table comes from the latest
+    records the up-to-date decisions read (no second read of every partition's record)."""
+    from qaic_assets import demo
+
+    project = write_tiny_project(tmp_path / "project", batch=[1])
+    assert _demo(project).returncode == 0
+    for name, value in _demo_env(project).items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.from_config(str(project.home)) as instance:
+        unchanged: dict = {}
+        outcomes = demo.materialize_matrix(project.config, instance, unchanged=unchanged)
+        assert all(ok for *_, ok in outcomes)
+        runs = len(instance.get_run_records())
+        binary = dg.AssetKey(["tiny", "compiled_binary"])
+        assert sorted(unchanged[binary]) == ["bs1|offline-nsp14", "bs1|singlestream-nsp14"]
+
+        def no_read(*args, **kwargs):
+            raise AssertionError("built_table read the records again")
+
+        monkeypatch.setattr(demo, "latest_by_partition", no_read)
+        rows = demo.built_table(project.config, instance, known=unchanged)
+        assert [(r["partition"], r["status"]) for r in rows] == [("bs1|offline-nsp14", "built"),
+                                                                 ("bs1|singlestream-nsp14", "built")]
+        assert len(instance.get_run_records()) == runs  # no run launched

@@ -57,13 +57,14 @@ def prune(instance: dg.DagsterInstance, defs: dg.Definitions, *, dry_run: bool =
     superseded = [run_id for run_id in succeeded if run_id not in keep]
     freed = 0
     if not dry_run:
-        shards = Path(os.environ.get("DAGSTER_HOME", ".")) / "history" / "runs"
+        home = os.environ.get("DAGSTER_HOME")
+        shards = Path(home) / "history" / "runs" if home else None
         for run_id in superseded:
             instance.delete_run(run_id)
             # Dagster's SQLite storage deletes a run's events but keeps its emptied shard file (an empty
             # schema, ~150 KB) in $DAGSTER_HOME/history/runs: removed here. Postgres has no such file.
-            shard = shards / f"{run_id}.db"
-            if shard.is_file():
+            shard = shards / f"{run_id}.db" if shards else None
+            if shard is not None and shard.is_file():
                 freed += shard.stat().st_size
                 shard.unlink()
     return Pruned(superseded, finished - len(superseded), freed)

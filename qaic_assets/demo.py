@@ -198,7 +198,6 @@ def _worker_run(job: str, partitions: list, tokens: list[str], keys: list[list[s
     ok = True
     for partition, token in zip(partitions, tokens):
         tags = {DEMO_TAG: token, PROCESSES_TAG: f"{socket.gethostname()} {demo_pid} {os.getpid()}"}
-        partition = tuple(partition) if isinstance(partition, list) else partition
         result = run_job(_WORKER_INSTANCE, job, partition, tags=tags, asset_selection=[dg.AssetKey(k) for k in keys],
                          in_process=True)
         ok = ok and result.success

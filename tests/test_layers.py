@@ -119,7 +119,8 @@ TESTED_DAGSTER = "1.13."
 
 
 def _dagster_uses() -> list[tuple[Path, int, str, str]]:
-    """(file, line, class, attribute) of every attribute read on a Dagster instance or context."""
+    """(file, line, class, attribute) of every attribute read on a Dagster instance or context, or on
+    the context's `assets_def`."""
     uses = []
     for path in sorted(PKG.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -131,6 +132,9 @@ def _dagster_uses() -> list[tuple[Path, int, str, str]]:
                 uses.append((path, node.lineno, "DagsterInstance", node.attr))
             elif isinstance(base, ast.Name) and base.id == "context":
                 uses.append((path, node.lineno, "context", node.attr))
+            elif (isinstance(base, ast.Attribute) and base.attr == "assets_def"
+                  and isinstance(base.value, ast.Name) and base.value.id == "context"):
+                uses.append((path, node.lineno, "AssetsDefinition", node.attr))
     return uses
 
 
@@ -151,7 +155,7 @@ def test_only_public_instance_and_context_attributes():
                 dg.SensorEvaluationContext, dg.AssetCheckExecutionContext]
     bad = []
     for path, line, kind, name in _dagster_uses():
-        classes = [dg.DagsterInstance] if kind == "DagsterInstance" else contexts
+        classes = {"DagsterInstance": [dg.DagsterInstance], "AssetsDefinition": [dg.AssetsDefinition]}.get(kind, contexts)
         if any(_public(c, name) or (c.__name__, name) in NON_PUBLIC for c in classes):
             continue
         bad.append(f"{path.relative_to(PKG)}:{line}: {kind}.{name}")

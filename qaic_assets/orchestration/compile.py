@@ -81,6 +81,9 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
                                           description="built with the SDK observed now (orchestration/currency.py)")]
     check_specs += sdk_specs
 
+    version = code_version(project, model, cfg.quantize, cfg.percentile,
+                           *([cfg.extra_flags] if cfg.extra_flags else []))
+
     # a multi_asset only for `can_subset`: it makes the check's output optional, so a step that
     # cannot run a check (the accuracy check of an SDK build) simply yields none
     @dg.multi_asset(
@@ -90,8 +93,7 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
             **asset_attributes(project, model),
             kinds=KINDS[project.backend],
             deps=deps,
-            code_version=code_version(project, model, cfg.quantize, cfg.percentile,
-                                      *([cfg.extra_flags] if cfg.extra_flags else [])),
+            code_version=version,
             automation_condition=automation_condition,
             description=f"qaic-exec -aic-binary-dir output for {model}, one per batch x scenario-nsp.",
         )],
@@ -144,9 +146,9 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
                 context.add_asset_metadata(metadata, asset_key=binary_key(model), partition_key=key)
             yield dg.MaterializeResult(asset_key=binary_key(model))
         else:  # what was built is recorded before the step fails
-            code = {"dagster/code_version": context.assets_def.code_versions_by_key[binary_key(model)]}
-            for key, metadata, _ in built:
-                yield dg.AssetMaterialization(asset_key=binary_key(model), partition=key, metadata=metadata, tags=code)
+            for key, metadata, _ in built:  # with the code version Dagster records on its own materializations
+                yield dg.AssetMaterialization(asset_key=binary_key(model), partition=key, metadata=metadata,
+                                              tags={"dagster/code_version": version})
         for key, _, checks in built:
             for check in checks:
                 yield dg.AssetCheckEvaluation(asset_key=binary_key(model), check_name=check.check_name,

@@ -19,7 +19,7 @@ from qaic_assets.orchestration.keys import (
     profile_key,
     source_key,
 )
-from qaic_assets.orchestration.metadata import build_metadata, labels, lineage_block, relative, stored_path
+from qaic_assets.orchestration.metadata import build_metadata, lineage_block, relative, stored_path
 from qaic_assets.orchestration.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.orchestration.automation import tag_automation_run
@@ -165,17 +165,18 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         manifest = built.manifest
         record_first_observation(context, manifest, target.key)
         batch, nsp, partition = target.batch, target.nsp, target.key
+        # each fact once (every partition's event repeats its metadata, docs/BENCHMARKS.md): the scenario,
+        # nsp and batch are the partition key (the profile's partition is its batch); the model and
+        # profile paths are the lineage block's and the command's. The links to the assets they came
+        # from stay entries: the UI's metadata table shows them as links, a Markdown block behind a button
         metadata = build_metadata(settings, manifest, built.cached) | {
-            "model_sha256": built.source.sha256, "model": dg.MetadataValue.asset(source_key(model)),
-            **labels(scenario=target.scenario, nsp=nsp, batch=batch)}
-        profile_partition = None
+            "model_sha256": built.source.sha256, "model": dg.MetadataValue.asset(source_key(model))}
         if "profile" in built.inputs:
-            metadata |= {"profile_sha256": built.inputs["profile"]["sha256"],
-                         "profile_path": stored_path(settings, built.inputs["profile"]["path"])}
+            metadata["profile_sha256"] = built.inputs["profile"]["sha256"]
+        profile_partition = None
         if cfg.calibrates:  # its own calibration_profile (else a profile given in the config)
             profile_partition = target.batch_key
-            metadata |= {"profile": dg.MetadataValue.asset(profile_key(model)),
-                         "profile_partition": dg.MetadataValue.text(profile_partition)}
+            metadata["profile"] = dg.MetadataValue.asset(profile_key(model))
         for flag, spec in (built.inputs.get("files") or {}).items():  # specializations, custom IO, MDP: read
             if "summary" in spec:
                 metadata[flag.lstrip("-").replace("-", "_").lower()] = dg.MetadataValue.json(
@@ -186,8 +187,8 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         if "percentile_choice" in built.inputs:
             from qaic_assets.orchestration.percentile import choice_key
 
-            metadata |= {"percentile": float(built.inputs["percentile_choice"]["value"]),
-                         "percentile_choice": dg.MetadataValue.asset(choice_key(model))}
+            metadata["percentile_choice"] = dg.MetadataValue.asset(choice_key(model))
+            metadata["percentile"] = float(built.inputs["percentile_choice"]["value"])
         extra = manifest.get("extra") or {}
         metadata |= {k: extra[k] for k in ("profile_entries_used", "profile_entries_skipped",
                                            "profile_entries_unusable") if k in extra}

@@ -63,14 +63,15 @@ def is_current(built: tuple, now: tuple) -> bool:
 
 def verdict(built: tuple, now: tuple, *, failed_run: str | None = None, message: str | None = None) -> dict:
     """The `sdk_current` result of a binary built with `built` while `now` is observed: passed, or not
-    current (WARN: "recompile pending"), or (`failed_run`) its recompile failed (ERROR)."""
-    metadata = {"built_with": sdk_words(*built), "current": sdk_words(*now)}
+    current (WARN: "recompile pending"), or (`failed_run`) its recompile failed (ERROR). The description
+    says it all (both SDKs, the run); no metadata repeats it: every built partition gets one per build
+    and one per SDK change."""
     if failed_run is not None:
-        return {"passed": False, "severity": dg.AssetCheckSeverity.ERROR, "metadata": {**metadata, "failed_run": failed_run},
+        return {"passed": False, "severity": dg.AssetCheckSeverity.ERROR,
                 "description": f"recompile for {sdk_words(*now)} failed in run {failed_run}: {message}; "
                                f"serving the binary built with {sdk_words(*built)}"}
     current = is_current(built, now)
-    return {"passed": current, "severity": dg.AssetCheckSeverity.WARN, "metadata": metadata,
+    return {"passed": current, "severity": dg.AssetCheckSeverity.WARN,
             "description": f"built with {sdk_words(*built)}, the SDK observed now" if current else
                            f"built with {sdk_words(*built)}, current {sdk_words(*now)}: recompile pending"}
 

@@ -56,26 +56,23 @@ def _asset_url(key: dg.AssetKey, partition: str | None = None) -> str:
     return url + (f"?view=partitions&partition={quote(partition, safe='')}" if partition else "")
 
 
-def _mb(size: int) -> str:
-    return f"{size / 2**20:.2f} MB" if size >= 2**20 else f"{size / 2**10:.1f} KB"
-
-
 def lineage_block(config: Settings, model: str, partition: str, manifest: dict, *, run_id: str,
                   profile_partition: str | None = None, check: dg.AssetCheckResult | None = None,
                   same_build_as: str | None = None) -> dg.MetadataValue:
-    """Markdown: model (path, sha256) -> profile (partition, sha256, calibration list, samples) ->
-    compiler and SDK versions -> the binary and the run that built it, and the accuracy result."""
+    """Markdown: model (path) -> profile (partition, path, calibration list, samples) -> compiler and
+    SDK versions -> the run that built the binary, and the accuracy result. The sha256s, the binary's
+    path and size are entries of their own (model_sha256, profile_sha256, path, sha256, size_bytes):
+    every partition's event repeats its metadata, so each fact is said once."""
     inputs = manifest.get("inputs", {})
-    out = manifest["output"]
     lines = [f"**{model} `{partition}`**", ""]
     if "model" in inputs:
         lines.append(f"- model [{model}/source_model]({_asset_url(source_key(model))}): "
-                     f"`{relative(config, inputs['model']['path'])}` sha256 `{inputs['model']['sha256']}`")
+                     f"`{relative(config, inputs['model']['path'])}`")
     if "profile" in inputs:
         prof = inputs["profile"]
         where = (f"[{profile_partition}]({_asset_url(profile_key(model), profile_partition)})" if profile_partition
                  else "(given in the config)")
-        text = f"- profile {where}: `{relative(config, prof['path'])}` sha256 `{prof['sha256']}`"
+        text = f"- profile {where}: `{relative(config, prof['path'])}`"
         calib = read_manifest(Path(prof["path"]).parent) or {}
         listed = calib.get("inputs", {}).get("calibration")
         if listed:
@@ -92,7 +89,6 @@ def lineage_block(config: Settings, model: str, partition: str, manifest: dict, 
     versions = (f"Apps SDK `{toolchain['apps_version']}`, Platform SDK `{toolchain.get('platform_version')}`"
                 if toolchain.get("backend") == "qaic" else f"version `{manifest['sdk_version']}`")
     lines.append(f"- compiler: {manifest['backend']} `{Path(manifest['argv'][0]).name}`, {versions}")
-    lines.append(f"- binary: `{relative(config, out['path'])}` sha256 `{out['sha256']}`, {_mb(out['size_bytes'])}")
     built_by = manifest.get("run_id")
     if built_by and built_by != run_id:
         lines.append(f"- built by run [{built_by[:8]}](/runs/{built_by}) (reused by run "
@@ -123,6 +119,10 @@ def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
     strays = {"stray_outputs": dg.MetadataValue.json(manifest["strays"])} if manifest.get("strays") else {}
     if manifest.get("log"):
         strays["compiler_log"] = stored_path(config, manifest["log"]["path"])
+    toolchain = manifest.get("toolchain") or {}
+    # the compiler and its executable are the command's first word; the Apps SDK version is sdk_version
+    platform = ({"platform_sdk_version": dg.MetadataValue.text(str(toolchain["platform_version"]))}
+                if "platform_version" in toolchain else {})
     canary = (manifest.get("cached_from") or {}).get("canary")
     if canary:  # copied from the build cache: what the SDK canary built before this SDK was promoted
         strays["from_canary"] = dg.MetadataValue.text(f"built by the SDK canary run {canary['run_id']} for "
@@ -131,7 +131,7 @@ def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
         **command_metadata(manifest["argv"]),
         "backend": manifest["backend"],
         "sdk_version": manifest["sdk_version"],
-        **toolchain_metadata(manifest.get("toolchain") or {}),
+        **platform,
         "storage_root": storage_root(config),
         "path": stored_path(config, output["path"]),
         "sha256": output["sha256"],
@@ -145,8 +145,3 @@ def build_metadata(config: Settings, manifest: dict, cached: bool) -> dict:
     }
 
 
-def toolchain_metadata(toolchain: dict) -> dict:
-    """The compiler and the SDK versions a build used (qaic/sdk.py Backend.describe())."""
-    keys = {"compiler": "compiler", "executable": "compiler_executable", "apps_version": "apps_sdk_version",
-            "platform_version": "platform_sdk_version"}
-    return {label: dg.MetadataValue.text(str(toolchain[key])) for key, label in keys.items() if key in toolchain}

@@ -44,7 +44,7 @@ def sdk_check_specs(project: Settings, model: str, asset_key: dg.AssetKey,
 def skipped(name: str, reason: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=name, passed=False, severity=dg.AssetCheckSeverity.WARN,
                                description=f"skipped: {reason}",
-                               metadata={"skipped": True, "reason": dg.MetadataValue.text(reason)})
+                               metadata={"skipped": True})  # the reason is the description's
 
 
 def _slug(key: str) -> str:
@@ -58,8 +58,13 @@ def _validate(project: Settings, binary, nsp: int) -> tuple[dict, dg.AssetCheckR
         return {}, skipped(FITS_TARGET, str(exc)), None
     except tools.ToolError as exc:
         return {}, dg.AssetCheckResult(check_name=FITS_TARGET, passed=False, description=str(exc)), None
-    metadata = {_slug(k): v for k, v in report.fields.items() if isinstance(v, (int, float))}
-    metadata |= {"qpc_nsp_required": report.nsp_required, "qpc_validate": dg.MetadataValue.json(report.fields)}
+    # each field once: numbers as numbers (the UI plots them), the NSPs required as qpc_nsp_required, the
+    # rest (text) as one JSON entry
+    numbers = {k: v for k, v in report.fields.items() if isinstance(v, (int, float))}
+    metadata = {_slug(k): v for k, v in numbers.items() if k.lower() != tools.NSP_REQUIRED_KEY.lower()}
+    metadata["qpc_nsp_required"] = report.nsp_required
+    if text := {k: v for k, v in report.fields.items() if k not in numbers}:
+        metadata["qpc_validate"] = dg.MetadataValue.json(text)
     fits = report.nsp_required <= nsp
     result = dg.AssetCheckResult(
         check_name=FITS_TARGET, passed=fits,

@@ -15,6 +15,7 @@ import pytest
 
 from fake_sdk import read_calls
 from helpers import failure_message, latest
+from qaic_assets.hashing import sha256_file
 from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 
 
@@ -43,8 +44,8 @@ def test_a_given_profile_is_loaded_as_is_and_keyed_by_content(tiny_project):
     assert project.materialize(binary_key("tiny"), "bs1|offline-nsp14").success
     assert f"-load-profile={given}" in _compiles(project)[-1]
     meta = latest(project.instance, binary_key("tiny"), "bs1|offline-nsp14").metadata
-    assert meta["profile_path"].value == str(given) and "profile_partition" not in meta
-    assert "(given in the config)" in meta["lineage"].value
+    assert f"profile (given in the config): `{given}`" in meta["lineage"].value
+    assert meta["profile_sha256"].value == sha256_file(given)
     before = len(_compiles(project))
     project.materialize(binary_key("tiny"), "bs1|offline-nsp14")
     assert len(_compiles(project)) == before  # unchanged: cached

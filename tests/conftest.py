@@ -68,8 +68,16 @@ class TinyProject:
         return records[0].asset_observation
 
 
+#: The tests' instance: no telemetry, and no capture of a step's stdout/stderr (Dagster's local capture
+#: starts `tail -F` and a watcher interpreter per step, and waits up to 30 s for each to stop; a run
+#: executed in a test's thread met that wait). The shipped dagster.yaml keeps the capture; the
+#: tests that run it pass it (test_demo_workers) or start the demo and the webserver on it.
+TEST_INSTANCE_YAML = ("telemetry: {enabled: false}\n"
+                      "compute_logs: {module: dagster.core.storage.noop_compute_log_manager, class: NoOpComputeLogManager}\n")
+
+
 def write_tiny_project(root: Path, batch: list[int] = (1, 2), backend: str = "qaic", extra: str = "",
-                       instance_yaml: str = "telemetry: {enabled: false}\n") -> TinyProject:
+                       instance_yaml: str = TEST_INSTANCE_YAML) -> TinyProject:
     """Lay out the project under `root`; `extra` is appended to the config (top-level keys)."""
     config = TINY_CONFIG.format(backend=backend, batch=list(batch)) + f"sdk_root: {root / 'sdk'}\n" + extra
     sdk = write_tiny_files(root, config)

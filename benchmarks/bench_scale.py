@@ -31,6 +31,9 @@ and in this process: `build_definitions(config)` + `resolve_asset_graph()` + res
 
     python -m benchmarks.bench_scale [--part built] [--sizes 16,160,640,2560]
     python -m benchmarks.bench_scale --part definitions [--quick] [--repeat N]
+    python -m benchmarks.bench_scale --part events [--repeat N]
+
+`--part events`: the least Dagster's SQLite storage costs per event, with no metadata at all (events_part).
 """
 
 from __future__ import annotations
@@ -297,16 +300,55 @@ def built_part(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ events part
+def events_part(args) -> int:
+    """The floor Dagster's SQLite storage sets per partition, whatever the project records: --repeat x
+    500 runless materializations with no metadata, then one check result per partition, through the
+    public `report_runless_asset_event`, on a fresh DAGSTER_HOME. CPU per event (this process) and the
+    bytes DAGSTER_HOME grew per event. (A run's events carry more: the step, logging tags; these are
+    the least an event costs.)"""
+    import tempfile
+
+    import dagster as dg
+
+    n = 500
+    rows = []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory(dir=common.fresh_home(args.work, "events").parent) as home:
+            Path(home, "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+            os.environ["DAGSTER_HOME"] = home
+            key = dg.AssetKey(["m", "compiled_binary"])
+            with dg.DagsterInstance.get() as instance:
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition="warm"))
+                base = sum(f.stat().st_size for f in Path(home).rglob("*") if f.is_file())
+                t0 = time.process_time()
+                for i in range(n):
+                    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=f"p{i}"))
+                t1 = time.process_time()
+                middle = sum(f.stat().st_size for f in Path(home).rglob("*") if f.is_file())
+                for i in range(n):
+                    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+                        asset_key=key, check_name="sdk_current", passed=True, partition=f"p{i}"))
+                t2 = time.process_time()
+            end = sum(f.stat().st_size for f in Path(home).rglob("*") if f.is_file())
+            rows.append([(t1 - t0) / n * 1000, (t2 - t1) / n * 1000, (middle - base) / n / 1024, (end - middle) / n / 1024])
+    med = [sorted(col)[len(col) // 2] for col in zip(*rows)]
+    print(common.table(["event (no metadata)", "CPU ms per event", "DAGSTER_HOME KB per event"],
+                       [["materialization", f"{med[0]:.1f}", f"{med[2]:.2f}"],
+                        ["check result", f"{med[1]:.1f}", f"{med[3]:.2f}"]]))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["built", "definitions"], default="built")
+    ap.add_argument("--part", choices=["built", "definitions", "events"], default="built")
     ap.add_argument("--sizes", default="16,160,640,2560", help="built part: binary partitions per case")
     ap.add_argument("--quick", action="store_true", help="definitions part: default and large only, 1 repetition")
-    ap.add_argument("--repeat", type=int, default=3, help="definitions part")
+    ap.add_argument("--repeat", type=int, default=3, help="definitions and events parts")
     ap.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     args = ap.parse_args()
     common.print_machine(common.machine_info())
-    return built_part(args) if args.part == "built" else definitions_part(args)
+    return {"built": built_part, "definitions": definitions_part, "events": events_part}[args.part](args)
 
 
 if __name__ == "__main__":

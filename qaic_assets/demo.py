@@ -1,7 +1,7 @@
 """The main job behind `make demo`: materialize the whole matrix in the local Dagster instance.
 
-Runs: observe `qaic_sdk`; `source_models`; one calibration run per model and batch partition; one
-compile run per model and batch over the range of its targets (a run's cost once for all of them; a
+Runs: observe `qaic_sdk`; `source_models`; one calibration run per model over the range of its batch
+partitions; one compile run per model and batch over the range of its targets (a run's cost once for all of them; a
 model's failure fails its own runs only). Two runs go at once (as many as the `qaic_compile` pool allows), each
 in a run worker process of its own (forked from this one, which has imported dagster and the
 definitions already) that executes its steps one after another (Dagster's in-process executor): a
@@ -207,7 +207,8 @@ def _worker_run(job: str, partitions: list, tokens: list[str], keys: list[list[s
 @dataclass
 class PlannedRun:
     """A run of `job` over `partition` (None: unpartitioned), or over the range of `steps`' partitions,
-    in their order, when `ranged` (a compile run: a model's batch, every target of it)."""
+    in their order, when `ranged` (a calibration run: a model's batches; a compile run: a model's
+    batch, every target of it)."""
 
     job: str
     partition: str | None
@@ -225,9 +226,9 @@ class PlannedRun:
 def plan_runs(config: Settings) -> list[PlannedRun]:
     """Every run of the default matrix, in dependency order, with the asset partitions each makes and
     the runs each waits for. Per model (a model's failure fails its own runs only, the other models'
-    runs succeed), of the model's jobs: one calibration run per batch, waiting for the SDK observation
-    and the sources; one compile run per batch, over the range of that batch's targets (one run's cost
-    for all of them, docs/BENCHMARKS.md), waiting also for its batch's calibration run."""
+    runs succeed), of the model's jobs: one calibration run over the model's batches, waiting for the
+    SDK observation and the sources; one compile run per batch, over the range of that batch's targets
+    (one run's cost for many partitions, docs/BENCHMARKS.md), waiting also for the calibration run."""
     from qaic_assets.orchestration.jobs import OBSERVE_JOB, SOURCES_JOB, matrix_jobs
 
     runs = [PlannedRun(OBSERVE_JOB, None, [Step(SDK_KEY)]),
@@ -239,13 +240,14 @@ def plan_runs(config: Settings) -> list[PlannedRun]:
     for (calib_job, compile_job), models in groups.items():
         matrix = config.matrix_of(models[0])
         for m in models:
-            calibration: dict[str, int] = {}
-            if config.model(m).calibrates:
-                for b in matrix.batch_keys:
-                    calibration[b] = len(runs)
-                    runs.append(PlannedRun(calib_job, b, [Step(profile_key(m), m, b)], first))
+            calibration: tuple[int, ...] = ()
+            if config.model(m).calibrates:  # one run over the model's batches
+                calibration = (len(runs),)
+                steps = [Step(profile_key(m), m, b) for b in matrix.batch_keys]
+                runs.append(PlannedRun(calib_job, steps[0].partition if len(steps) == 1 else None, steps, first,
+                                       ranged=len(steps) > 1))
             for b in matrix.batch_keys:
-                after = (*first, *([calibration[b]] if b in calibration else []))
+                after = (*first, *calibration)
                 steps = [Step(binary_key(m), m, f"{b}|{t}") for t in matrix.targets]  # the partitions' order
                 runs.append(PlannedRun(compile_job, steps[0].partition if len(steps) == 1 else None, steps, after,
                                        ranged=len(steps) > 1))

@@ -1,7 +1,8 @@
 """The project's own use of Dagster's beta and preview APIs, without warning the user about it.
 
-`observable_source_asset`, `MultiToSingleDimensionPartitionMapping` and partitioned asset checks are
-chosen deliberately (partitioned checks need dagster 1.13); their warnings are for the
+`observable_source_asset`, `MultiToSingleDimensionPartitionMapping`, partitioned asset checks and the
+`backfill_policy` of `@asset` (a calibration run over a range of batches) are chosen deliberately
+(partitioned checks need dagster 1.13); their warnings are for the
 authors, not for whoever runs `make demo` or `make ui`. Only the warnings raised inside the `with`
 block are silenced, so a user's own beta API use still warns as Dagster intends.
 """

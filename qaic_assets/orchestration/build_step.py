@@ -1,5 +1,6 @@
 """What every build step (calibrate, compile, percentile sweep, source) shares on the Dagster side:
-its run config (`force`), its code version, and its failures.
+its run config (`force`), its code version, its failures, and building a range of partitions in one
+step (`build_partitions`).
 
 The build service (qaic_assets/builder/service.py) does the work and raises BuildError; `as_failure`
 turns that into a `dg.Failure` carrying the command and the log tail. Metadata: orchestration/metadata.py.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Callable, Iterator
 
 import dagster as dg
 
@@ -99,3 +100,70 @@ class CollectedLog:
         if self.lines:
             self.target.info("\n".join(self.lines))
             self.lines = []
+
+
+def range_failure(failed: list[tuple[str, BuildError]], total: int) -> BuildError:
+    """The failure of a range step: each failed partition and the first line of its message (the whole
+    message is in the step's log; the first failure's command and log tail in the failure's metadata);
+    the built partitions are recorded."""
+    message = f"{len(failed)} of {total} partitions failed: " + "; ".join(
+        f"{key}: {str(exc).splitlines()[0]}" for key, exc in failed)
+    return BuildError(message, failed[0][1].details, transient=all(exc.transient for _, exc in failed))
+
+
+#: build(partition, log) -> (materialization metadata with the output's `sha256`, check results)
+Build = Callable[[str, object], tuple[dict, list]]
+
+
+def build_partitions(context: dg.AssetExecutionContext, key: dg.AssetKey, version: str, build: Build,
+                     on_error: Callable[[str, BuildError], None] | None = None) -> Iterator:
+    """The events of a step that builds its partitions: one (a run of one partition, or the UI's
+    materialize), or a range (BackfillPolicy.single_run: the demo's runs, the automation's backfills):
+    one run's cost for many partitions (docs/BENCHMARKS.md).
+
+    One partition: its MaterializeResult, with the output's sha256 as data version, then its check
+    results. A range: still a materialization per partition with its own metadata
+    (`add_asset_metadata(partition_key=)`) and its check results naming their partition (an
+    AssetCheckResult of a range step names none); the builder's info lines go out as one log event
+    (CollectedLog). A partition that fails (`on_error` is told) does not stop the others: the built
+    ones are recorded (with the asset's code version, as Dagster records its own), then the step fails
+    naming each failed partition."""
+    keys = context.partition_keys
+    single = len(keys) == 1
+    log = context.log if single else CollectedLog(context.log)
+    built, failed = [], []  # (partition, metadata, check results); (partition, BuildError)
+    for partition in keys:
+        if not single:
+            log.prefix = f"{partition}: "
+        try:
+            built.append((partition, *build(partition, log)))
+        except BuildError as exc:
+            if on_error is not None:
+                on_error(partition, exc)
+            if single:
+                with as_failure():
+                    raise
+            failed.append((partition, exc))
+            log.error(str(exc))
+    if single:
+        _, metadata, checks = built[0]
+        yield dg.MaterializeResult(asset_key=key, metadata=metadata, data_version=dg.DataVersion(metadata["sha256"]))
+        yield from checks
+        return
+    log.flush()
+    if not failed:
+        for partition, metadata, _ in built:
+            context.add_asset_metadata(metadata, asset_key=key, partition_key=partition)
+        yield dg.MaterializeResult(asset_key=key)
+    else:  # what was built is recorded before the step fails
+        for partition, metadata, _ in built:
+            yield dg.AssetMaterialization(asset_key=key, partition=partition, metadata=metadata,
+                                          tags={"dagster/code_version": version})
+    for partition, _, checks in built:
+        for check in checks:
+            yield dg.AssetCheckEvaluation(asset_key=key, check_name=check.check_name, passed=check.passed,
+                                          metadata=check.metadata, severity=check.severity,
+                                          description=check.description, partition=partition)
+    if failed:
+        with as_failure():
+            raise range_failure(failed, len(keys))

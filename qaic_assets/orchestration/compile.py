@@ -23,7 +23,7 @@ from qaic_assets.orchestration.metadata import build_metadata, lineage_block, re
 from qaic_assets.orchestration.partitions import binary_partition, binary_partitions, profile_mapping
 from qaic_assets.orchestration.resources import ArtifactStore, Toolchain, effective_settings
 from qaic_assets.orchestration.automation import tag_automation_run
-from qaic_assets.orchestration.build_step import BuildOptions, CollectedLog, as_failure, code_version, asset_attributes
+from qaic_assets.orchestration.build_step import BuildOptions, asset_attributes, build_partitions, code_version
 from qaic_assets.orchestration.currency import current_verdict, report_failed_recompile
 from qaic_assets.orchestration.sdk_checks import FITS_TARGET, THROUGHPUT, run_sdk_checks, sdk_check_specs, skipped
 from qaic_assets.orchestration.toolchain import record_first_observation
@@ -45,16 +45,6 @@ NOT_APPLICABLE = {
 
 def not_applicable(name: str, backend: str) -> dg.AssetCheckResult:
     return skipped(name, NOT_APPLICABLE[backend][name])
-
-
-def range_failure(failed: list[tuple[str, service.BuildError]], total: int) -> service.BuildError:
-    """The failure of a range step: each failed partition and the first line of its message (the whole
-    message is in the step's log; the first failure's command and log tail in the failure's metadata);
-    the built partitions are recorded."""
-    message = f"{len(failed)} of {total} partitions failed: " + "; ".join(
-        f"{key}: {str(exc).splitlines()[0]}" for key, exc in failed)
-    details = failed[0][1].details
-    return service.BuildError(message, details, transient=all(exc.transient for _, exc in failed))
 
 
 def compile_asset(project: Settings, model: str, op_tags: dict, automation_condition=None) -> dg.AssetsDefinition:
@@ -111,52 +101,19 @@ def compile_asset(project: Settings, model: str, op_tags: dict, automation_condi
         settings = effective_settings(project, toolchain, artifact_store)
         tag_automation_run(context)
         selected = {key.name for key in context.selected_asset_check_keys}
-        keys = context.partition_keys  # one partition, or a range (BackfillPolicy.single_run)
-        built, failed = [], []  # (partition, metadata, check results); (partition, BuildError)
-        log = context.log if len(keys) == 1 else CollectedLog(context.log)
-        for key in keys:
-            if isinstance(log, CollectedLog):
-                log.prefix = f"{key}: "
-            with as_failure():
-                try:
-                    target = binary_partition(key)
-                except ValueError as exc:
-                    raise service.BuildError(str(exc)) from exc
+
+        def build(key: str, log) -> tuple[dict, list]:
             try:
-                built.append((key, *build_partition(context, log, settings, config, target, selected)))
-            except service.BuildError as exc:
-                if not exc.transient:
-                    report_failed_recompile(context, binary_key(model), target.key, str(exc))
-                if len(keys) == 1:
-                    with as_failure():
-                        raise
-                failed.append((key, exc))
-                log.error(str(exc))
-        if len(keys) == 1:  # one partition: its sha256 is its data version, its check results are Dagster's
-            key, metadata, checks = built[0]
-            yield dg.MaterializeResult(asset_key=binary_key(model), metadata=metadata,
-                                       data_version=dg.DataVersion(metadata["sha256"]))
-            yield from checks
-            return
-        # a range: one materialization per built partition, each with its own metadata; the check results
-        # name their partition (an AssetCheckResult of a range step would name none)
-        log.flush()
-        if not failed:
-            for key, metadata, _ in built:
-                context.add_asset_metadata(metadata, asset_key=binary_key(model), partition_key=key)
-            yield dg.MaterializeResult(asset_key=binary_key(model))
-        else:  # what was built is recorded before the step fails
-            for key, metadata, _ in built:  # with the code version Dagster records on its own materializations
-                yield dg.AssetMaterialization(asset_key=binary_key(model), partition=key, metadata=metadata,
-                                              tags={"dagster/code_version": version})
-        for key, _, checks in built:
-            for check in checks:
-                yield dg.AssetCheckEvaluation(asset_key=binary_key(model), check_name=check.check_name,
-                                              passed=check.passed, metadata=check.metadata, severity=check.severity,
-                                              description=check.description, partition=key)
-        if failed:
-            with as_failure():
-                raise range_failure(failed, len(keys))
+                target = binary_partition(key)
+            except ValueError as exc:
+                raise service.BuildError(str(exc)) from exc
+            return build_partition(context, log, settings, config, target, selected)
+
+        def failed(key: str, exc: service.BuildError) -> None:
+            if not exc.transient:  # its sdk_current says the recompile failed (the served binary is older)
+                report_failed_recompile(context, binary_key(model), key, str(exc))
+
+        yield from build_partitions(context, binary_key(model), version, build, failed)
 
     def build_partition(context, log, settings: Settings, config: BuildOptions, target, selected: set[str]):
         """Build one partition: (its materialization metadata, its check results)."""

@@ -1,4 +1,4 @@
-"""A run over a range of compiled_binary partitions (the demo's compile runs, the automation's
+"""A run over a range of compiled_binary (or calibration_profile) partitions (the demo's runs, the automation's
 requests: BackfillPolicy.single_run): one materialization per partition with its own metadata, check
 results that name their partition, and, when a partition fails, the others recorded before the step
 fails naming it."""
@@ -119,3 +119,35 @@ def test_after_an_sdk_upgrade_the_ranges_of_the_requested_binaries_recompile_exa
     assert not project.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=binary_key("tiny"), asset_partitions=["bs1|singlestream-nsp14"]),
         limit=1).records
+
+
+def calibration_range(project, first: str, last: str):
+    job = project.defs.resolve_job_def("calibration_profiles")
+    return job.execute_in_process(instance=project.instance, tags=range_run_tags(first, last),
+                                  asset_selection=[profile_key("tiny")], raise_on_error=False)
+
+
+def test_a_calibration_run_over_the_batches_records_each_profile_and_a_failed_batch_by_name(tiny_project, monkeypatch):
+    """calibration_profile is a single-run backfill too (the demo's one calibration run per model): each
+    batch its own materialization of its own profile; a batch that fails fails the step naming it, and
+    the batches built before are recorded."""
+    project = tiny_project
+    project.observe_sdk()
+    project.materialize(source_key("tiny"))
+    result = calibration_range(project, "bs1", "bs2")
+    assert result.success, failure_message(result)
+    recorded = {m.partition: m for m in result.asset_materializations_for_node("tiny__calibration_profile")}
+    assert sorted(recorded) == ["bs1", "bs2"]
+    for batch, m in recorded.items():
+        assert m.metadata["path"].value == f"tiny/calibration/{batch}/profile.yaml"
+        assert m.metadata["sha256"].value == sha256_file(project.config.storage_root / m.metadata["path"].value)
+    assert project.materialize(binary_key("tiny"), "bs2|offline-nsp14").success  # loads bs2's profile
+
+    monkeypatch.setenv("FAKE_QAIC_EXIT", "3")  # every compiler call fails: bs4's (bs2's is in place)
+    result = calibration_range(project, "bs2", "bs4")
+    assert not result.success
+    first_line = failure_message(result).splitlines()[0]
+    assert "1 of 2 partitions failed: bs4: qaic-exec failed: exit code 3" in first_line, first_line
+    assert [m.partition for m in result.asset_materializations_for_node("tiny__calibration_profile")] == ["bs2"]
+    assert not project.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=profile_key("tiny"), asset_partitions=["bs4"]), limit=1).records

@@ -55,6 +55,8 @@ def test_demo_is_quiet_and_prints_one_line_per_step(tmp_path):
     assert calls == 6  # 2 calibrations + 4 compiles
     with dg.DagsterInstance.from_config(str(project.home)) as instance:
         runs = len(instance.get_runs())
+        calibrations = [run_partitions(r) for r in instance.get_runs() if r.job_name == "calibration_profiles"]
+        assert calibrations == ["bs1...bs2"]  # one calibration run over the model's batches
         for run in instance.get_runs():  # its success is a run's last event (its resources are not
             last = instance.all_logs(run.run_id)[-1].dagster_event  # set up again after it to load outputs)
             assert last.event_type == dg.DagsterEventType.RUN_SUCCESS, (run.job_name, last.event_type)
@@ -133,7 +135,7 @@ def test_a_failing_step_is_one_line_with_its_reason(tmp_path):
 
 
 def test_one_models_failure_fails_its_own_runs_only(tmp_path):
-    """Runs per model (a calibration run per batch, a compile run per batch over its targets): tiny2's
+    """Runs per model (a calibration run over its batches, a compile run per batch over its targets): tiny2's
     calibration fails (the stand-in SDK's fault switch), so its runs fail; tiny's runs, the same batch
     and targets, succeed; the message is one line per step."""
     from qaic_assets.standin_sdk import set_failing_models

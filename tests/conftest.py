@@ -22,6 +22,7 @@ import dagster as dg
 import pytest
 
 from fake_sdk import TINY_CONFIG, write_tiny_files
+from helpers import TEST_INSTANCE_YAML
 
 
 @dataclass
@@ -66,14 +67,6 @@ class TinyProject:
         records = self.instance.fetch_observations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("qaic_sdk")), limit=1).records
         return records[0].asset_observation
-
-
-#: The tests' instance: no telemetry, and no capture of a step's stdout/stderr (Dagster's local capture
-#: starts `tail -F` and a watcher interpreter per step, and waits up to 30 s for each to stop; a run
-#: executed in a test's thread met that wait). The shipped dagster.yaml keeps the capture; the
-#: tests that run it pass it (test_demo_workers) or start the demo and the webserver on it.
-TEST_INSTANCE_YAML = ("telemetry: {enabled: false}\n"
-                      "compute_logs: {module: dagster.core.storage.noop_compute_log_manager, class: NoOpComputeLogManager}\n")
 
 
 def write_tiny_project(root: Path, batch: list[int] = (1, 2), backend: str = "qaic", extra: str = "",

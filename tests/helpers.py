@@ -13,6 +13,13 @@ from pathlib import Path
 
 import dagster as dg
 
+#: The tests' instance: no telemetry, and no capture of a step's stdout/stderr (Dagster's local capture
+#: starts `tail -F` and a watcher interpreter per step, and waits up to 30 s for each to stop; a run
+#: executed in a test's thread met that wait). The shipped dagster.yaml keeps the capture; the
+#: tests that run it pass it (test_demo_workers) or start the demo and the webserver on it.
+TEST_INSTANCE_YAML = ("telemetry: {enabled: false}\n"
+                      "compute_logs: {module: dagster.core.storage.noop_compute_log_manager, class: NoOpComputeLogManager}\n")
+
 
 def alive(pid: int) -> bool:
     """True if pid runs (a zombie left to a non-reaping init counts as dead)."""

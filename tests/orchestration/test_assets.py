@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from fake_sdk import read_calls, write_tiny_files
-from helpers import latest
+from helpers import TEST_INSTANCE_YAML, latest
 from qaic_assets.orchestration.keys import binary_key, profile_key, source_key
 from qaic_assets.cli import main
 from qaic_assets.orchestration.lineage import lineage
@@ -30,7 +30,7 @@ def project(tmp_path, monkeypatch):
     defs = build_definitions(config)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    (home / "dagster.yaml").write_text(TEST_INSTANCE_YAML)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         yield config, defs, instance, sdk

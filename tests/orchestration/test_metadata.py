@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 import qaic_assets
+from helpers import TEST_INSTANCE_YAML
 from qaic_assets.orchestration.keys import ACCURACY_CHECK_NAME, binary_key, profile_key, source_key
 
 DIGITS = Path(qaic_assets.__file__).parent / "models" / "data" / "digits"
@@ -39,7 +40,7 @@ def cpu_project(tmp_path, monkeypatch):
     monkeypatch.delenv("QAIC_ASSETS_STORAGE_ROOT", raising=False)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    (home / "dagster.yaml").write_text(TEST_INSTANCE_YAML)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     settings = load_settings()
     with dg.DagsterInstance.get() as instance:

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import write_tiny_project
 from fake_sdk import read_calls
-from helpers import alive
+from helpers import TEST_INSTANCE_YAML, alive
 from qaic_assets.demo import demo_log
 from test_demo import _demo, _demo_env
 from test_reliability import remount, tmpfs
@@ -77,7 +77,7 @@ def test_two_first_commands_on_a_fresh_home_leave_one_schema(tmp_path):
     homes = [tmp_path / f"home{k}" for k in range(HOMES)]
     for home in homes:
         home.mkdir()
-        (home / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+        (home / "dagster.yaml").write_text(TEST_INSTANCE_YAML)
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     procs = [subprocess.Popen([sys.executable, "-c", _CLI_ON_EACH_HOME, str(barrier), me, ",".join(map(str, homes)),

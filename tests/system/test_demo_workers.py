@@ -11,7 +11,7 @@ import yaml
 from conftest import write_tiny_project
 from qaic_assets.demo import demo_log
 from fake_sdk import read_calls, read_exits
-from helpers import run_partitions
+from helpers import TEST_INSTANCE_YAML, run_partitions
 from test_demo import _demo, _steps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ def test_run_workers_are_forked_from_a_single_threaded_demo_only(tmp_path):
     import subprocess
     import sys
 
-    (tmp_path / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    (tmp_path / "dagster.yaml").write_text(TEST_INSTANCE_YAML)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     env.pop("QAIC_ASSETS_START_METHOD", None)
     done = subprocess.run([sys.executable, "-c", _FORKED], env=env, capture_output=True, text=True, timeout=300)

@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 
 from fake_sdk import read_calls
-from helpers import failure_message, run_messages, wrap_compiler
+from helpers import TEST_INSTANCE_YAML, failure_message, run_messages, wrap_compiler
 from test_reliability import (  # noqa: F401  (fixtures)
     PARTITION,
     assert_nothing_lost,
@@ -476,7 +476,7 @@ def test_a_config_error_through_dagster_asset_materialize_is_one_message(tmp_pat
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMALL.format(batch="true", nsp=14, extra=""))
     (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    (tmp_path / "home" / "dagster.yaml").write_text(TEST_INSTANCE_YAML)
     env = {**os.environ, "QAIC_ASSETS_CONFIG": str(bad), "DAGSTER_HOME": str(tmp_path / "home")}
     dagster = Path(sys.executable).with_name("dagster")
     done = subprocess.run([str(dagster), "asset", "materialize", "-m", "qaic_assets.definitions",

@@ -591,10 +591,14 @@ def _demo(config: Settings, log: Path, started: float) -> int:
     built = [r for r in rows if r["status"] == "built"]
     not_built = [f"{r['model']} {r['partition']}" for r in rows if r["status"] == "failed"]
     shared = sum(bool(r.get("note")) for r in built)
+    kept = sum(progress.statuses.get(step_label(Step(binary_key(r["model"]), r["model"], r["partition"]))) == UP_TO_DATE
+               for r in built)  # built by an earlier demo or run, not now
     print(f"\n{len(built)}/{len(rows)} compiled binaries built"
           + (f", {len(not_built)} failed: {', '.join(not_built)}" if not_built else "")
           + (f" ({shared} shared with an identical CPU build)" if shared else "")
-          + f" in {time.monotonic() - started:.1f}s; artifacts under {config.storage_root}; "
+          + f" in {time.monotonic() - started:.1f}s"
+          + (f" ({kept} of the {len(built)} were up to date already: not built again)" if kept else "")
+          + f"; artifacts under {config.storage_root}; "
           "see them in the UI with `make ui`.")
     if failed:
         print(f"failed runs: {', '.join(failed)} (details in {log}, and in the UI)")

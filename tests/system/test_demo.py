@@ -50,7 +50,7 @@ def test_demo_is_quiet_and_prints_one_line_per_step(tmp_path):
     steps = _steps(first.stdout)
     assert sorted((what, part) for _, what, part in steps) == sorted(expected)  # each step exactly once
     assert {status for status, _, _ in steps} == {"ok"}
-    assert "4/4 compiled binaries" in first.stdout
+    assert "4/4 compiled binaries built in " in first.stdout and "up to date already" not in first.stdout
     calls = len(read_calls(project.sdk))
     assert calls == 6  # 2 calibrations + 4 compiles
     with dg.DagsterInstance.from_config(str(project.home)) as instance:
@@ -66,6 +66,8 @@ def test_demo_is_quiet_and_prints_one_line_per_step(tmp_path):
     steps = _steps(again.stdout)
     assert sorted((what, part) for _, what, part in steps) == sorted(expected)
     assert {status for status, _, _ in steps} == {"up to date"}
+    assert re.search(r"4/4 compiled binaries built in [\d.]+s \(4 of the 4 were up to date already: not built again\)",
+                     again.stdout), again.stdout
     assert len(read_calls(project.sdk)) == calls
     with dg.DagsterInstance.from_config(str(project.home)) as instance:
         assert len(instance.get_runs()) == runs

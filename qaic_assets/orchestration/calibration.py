@@ -37,7 +37,7 @@ def calibration_asset(project: Settings, model: str, op_tags: dict, automation_c
             built = service.calibrate_profile(settings, model, batch, run_id=context.run.run_id, force=config.force,
                                               log=log)
             manifest = built.manifest
-            record_first_observation(context, manifest)
+            record_first_observation(context, manifest, partition)
             return build_metadata(settings, manifest, built.cached) | harness_metadata(manifest) | {
                 "model_sha256": built.source.sha256,
                 "calibration_list": stored_path(settings, built.inputs["calibration"]["list"]),

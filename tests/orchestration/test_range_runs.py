@@ -10,7 +10,7 @@ import dagster as dg
 from helpers import failure_message
 from qaic_assets.hashing import sha256_file
 from qaic_assets.orchestration.jobs import range_run_tags
-from qaic_assets.orchestration.keys import SDK_CURRENT, binary_key, profile_key, source_key
+from qaic_assets.orchestration.keys import SDK_CURRENT, SDK_KEY, binary_key, profile_key, source_key
 
 FIRST, LAST = "bs1|offline-nsp14", "bs1|singlestream-nsp14"  # the tiny project's bs1 targets, in order
 
@@ -132,10 +132,12 @@ def test_a_calibration_run_over_the_batches_records_each_profile_and_a_failed_ba
     batch its own materialization of its own profile; a batch that fails fails the step naming it, and
     the batches built before are recorded."""
     project = tiny_project
-    project.observe_sdk()
-    project.materialize(source_key("tiny"))
+    project.materialize(source_key("tiny"))  # qaic_sdk never observed: the first build records it
     result = calibration_range(project, "bs1", "bs2")
     assert result.success, failure_message(result)
+    [observed] = project.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SDK_KEY), limit=5).records
+    recorded_by = observed.asset_observation.metadata["recorded_by"].value
+    assert recorded_by.startswith("the build of tiny/calibration_profile bs1 in run "), recorded_by
     recorded = {m.partition: m for m in result.asset_materializations_for_node("tiny__calibration_profile")}
     assert sorted(recorded) == ["bs1", "bs2"]
     for batch, m in recorded.items():

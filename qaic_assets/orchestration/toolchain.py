@@ -204,7 +204,7 @@ def as_observation(result: dg.ObserveResult) -> dg.AssetObservation:
                                tags={DATA_VERSION_TAG: version} if version else None)
 
 
-def record_first_observation(context: dg.AssetExecutionContext, manifest: dict, partition: str | None = None) -> None:
+def record_first_observation(context: dg.AssetExecutionContext, manifest: dict, partition: str) -> None:
     """Called by a build: if `qaic_sdk` was never observed, record the compiler this build used as its
     first observation. Otherwise the first scheduled observation (of the same version) would be a
     change from "nothing" to that version, and the automation would recompile what was just built."""
@@ -218,7 +218,7 @@ def record_first_observation(context: dg.AssetExecutionContext, manifest: dict, 
                   "status": dg.MetadataValue.text(SDK_FOUND),
                   "version": dg.MetadataValue.text(version),
                   "recorded_by": dg.MetadataValue.text(
-                      f"the build of {context.asset_key.to_user_string()} {partition or context.partition_key or ''}".strip()
+                      f"the build of {context.asset_key.to_user_string()} {partition}"
                       + f" in run {context.run.run_id} (qaic_sdk had never been observed)")},
     ))
 

@@ -600,7 +600,7 @@ def test_compiles_spread_over_two_celery_workers_on_postgres(deployment):
         needed = {"sha256", "size_bytes", "path"} if p is None else run_fields
         assert needed <= set(meta), f"{m} {p}: metadata {needed - set(meta)} not stored in Postgres"
         if p is not None and "|" in p:
-            assert {"model_sha256", "profile_sha256", "scenario", "nsp", "batch"} <= set(meta), (m, p)
+            assert {"model_sha256", "profile_sha256", "lineage"} <= set(meta), (m, p)
 
     for m in MODELS:
         for b in matrix.batch_keys:

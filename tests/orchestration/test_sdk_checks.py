@@ -58,6 +58,9 @@ def test_new_generation_records_versions_fit_and_throughput(tiny_project):
         assert (meta["sdk_version"], meta["platform_sdk_version"]) == ("1.21.0.12", "1.21.1.3")
         assert not {"compiler", "compiler_executable", "apps_sdk_version"} & set(meta)
     assert meta["qpc_nsp_required"] == 4 and meta["qpc_batch_size"] == 2
+    # each qaic-qpc line once: numbers as entries, the text lines in qpc_validate
+    assert "qpc_number_of_nsp_required" not in meta and meta["qpc_validate"]["QPC status"] == "valid"
+    assert not [k for k, v in meta["qpc_validate"].items() if isinstance(v, (int, float))], meta["qpc_validate"]
     assert isinstance(meta["inferences_per_s"], float) and meta["inferences_per_s"] > 0
     assert meta["runner_activations"] == 3  # 14 NSPs // 4 per activation
     assert checks[FITS_TARGET].passed and values(checks[FITS_TARGET].metadata) == {"nsp_required": 4, "nsp": 14}
